@@ -1,0 +1,28 @@
+"""The ``unirg`` command: draft chest X-ray reports as research-labelled DICOM SR."""
+
+import logging
+
+import click
+
+from unirg.sr_writer.cli import sr
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """unirg: AI chest X-ray report drafts inside a PACS, as DICOM Structured Reports.
+
+    RESEARCH PROTOTYPE - NOT FOR CLINICAL USE. Every report it writes is an
+    unverified, preliminary AI draft and is labelled as such.
+
+    \b
+    Typical use:
+      unirg sr --study STUDY_DIR --findings "..." --impression "..." --out draft.dcm
+    """
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+main.add_command(sr)

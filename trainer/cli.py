@@ -1,0 +1,25 @@
+"""The ``unirg-trainer`` command: testbed, labeler, rewards, training and evaluation."""
+
+import logging
+
+import click
+
+from unirg.trainer.synth.cli import synth
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """unirg-trainer: build the synthetic testbed, label reports, train and evaluate report models.
+
+    \b
+    Typical use:
+      unirg-trainer synth --out testbed --patients 20 --seed 0
+    """
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+main.add_command(synth)
