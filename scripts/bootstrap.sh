@@ -31,7 +31,7 @@ fi
 
 # Reinstall only when the pinned requirements change.
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt setup.cfg | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt setup.cfg setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python requirements (first run takes a few minutes)"
   .venv/bin/pip install -q -r requirements.txt
