@@ -1,1 +1,29 @@
-"""sr_writer"""
+"""Research-labelled TID 2000 report SRs: build AI drafts and reference reports, read any report.
+
+RESEARCH PROTOTYPE - NOT FOR CLINICAL USE: every draft is labelled as such.
+"""
+
+from unirg.sr_writer.build import RESEARCH_LABEL, build_draft_sr, build_reference_sr
+from unirg.sr_writer.inputs import (
+    MAX_TEXT_BYTES,
+    DraftReport,
+    ModelInfo,
+    ReportSections,
+    SRInputError,
+)
+from unirg.sr_writer.io import write_dataset_atomic
+from unirg.sr_writer.read import ReportText, read_report
+
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "RESEARCH_LABEL",
+    "DraftReport",
+    "ModelInfo",
+    "ReportSections",
+    "ReportText",
+    "SRInputError",
+    "build_draft_sr",
+    "build_reference_sr",
+    "read_report",
+    "write_dataset_atomic",
+]
