@@ -4,6 +4,7 @@ import logging
 
 import click
 
+from unirg.plugin.viewer import viewer
 from unirg.sr_writer.cli import sr
 
 
@@ -26,3 +27,4 @@ def main(verbose: int) -> None:
 
 
 main.add_command(sr)
+main.add_command(viewer)

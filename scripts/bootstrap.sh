@@ -38,3 +38,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 fi
+
+# The OHIF viewer (pinned @ohif/app dist/ from npm) and Debian chromium for the browser tests.
+"$ROOT/scripts/install-viewer.sh"
