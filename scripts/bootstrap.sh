@@ -31,10 +31,11 @@ fi
 
 # Reinstall only when the pinned requirements change.
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt setup.cfg setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-nodeps.txt setup.cfg setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python requirements (first run takes a few minutes)"
   .venv/bin/pip install -q -r requirements.txt
+  .venv/bin/pip install -q --no-deps -r requirements-nodeps.txt
   .venv/bin/pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 fi
