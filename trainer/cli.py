@@ -4,6 +4,8 @@ import logging
 
 import click
 
+from unirg.trainer.label_cli import label
+from unirg.trainer.score_cli import score
 from unirg.trainer.synth.cli import synth
 
 
@@ -23,3 +25,5 @@ def main(verbose: int) -> None:
 
 
 main.add_command(synth)
+main.add_command(label)
+main.add_command(score)
