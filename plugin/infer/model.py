@@ -1,0 +1,286 @@
+"""Load a checkpoint (optionally with a LoRA adapter) and draft reports with it.
+
+Model identity (:class:`ModelInfo`) comes from a ``unirg-model.json`` manifest in the
+checkpoint (or adapter) directory when there is one::
+
+    {"name": "unirg-cxr-qwen3vl-2b", "version": "2026.11.1",
+     "weights_sha256": "<64 hex digits, optional>"}
+
+Missing fields are computed: ``name`` is the directory name, ``weights_sha256`` is
+:func:`weights_sha256` of the weight files and ``version`` is ``"sha256-"`` plus its
+first 12 hex digits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unirg.plugin.infer.families import FamilyAdapter, adapter_for
+from unirg.plugin.infer.study import Draft, GenerationConfig, ModelInfo, StudyInput, chunked
+
+__all__ = ["MANIFEST", "ReportModel", "load_model", "model_info", "weights_sha256"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "unirg-model.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        if key in _hash_cache:
+            return _hash_cache[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    value = digest.hexdigest()
+    with _hash_lock:
+        _hash_cache[key] = value
+    return value
+
+
+def weights_sha256(*directories: str | Path) -> str:
+    """SHA-256 identifying the weight files in ``directories`` (cached per file).
+
+    One weight file: its own SHA-256 (what ``sha256sum model.safetensors`` prints).
+    Several (shards, or base model + LoRA adapter): the SHA-256 of the
+    ``sha256sum``-style listing ``"<hex>  <dir-index>/<relative path>\\n"`` sorted by path.
+    """
+    files: list[tuple[str, Path]] = []
+    for index, directory in enumerate(directories):
+        root = Path(directory)
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and path.suffix in WEIGHT_SUFFIXES and "optimizer" not in path.name:
+                files.append((f"{index}/{path.relative_to(root).as_posix()}", path))
+    if not files:
+        where = ", ".join(map(str, directories))
+        raise FileNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {where}")
+    if len(files) == 1:
+        return _file_sha256(files[0][1])
+    listing = "".join(f"{_file_sha256(path)}  {name}\n" for name, path in files)
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+def model_info(path: str | Path, *, adapter_path: str | Path | None = None) -> ModelInfo:
+    """:class:`ModelInfo` of a checkpoint (and adapter): manifest first, else computed.
+
+    The adapter's manifest wins over the base model's: the adapter is the trained model.
+    """
+    directories = [Path(path)] + ([Path(adapter_path)] if adapter_path else [])
+    manifest: dict[str, Any] = {}
+    for directory in directories:  # later (adapter) manifests override the base's
+        file = directory / MANIFEST
+        if file.is_file():
+            manifest = json.loads(file.read_text(encoding="utf-8"))
+    sha = str(manifest.get("weights_sha256") or "") or weights_sha256(*directories)
+    name = str(manifest.get("name") or directories[-1].resolve().name)[:64]
+    version = str(manifest.get("version") or f"sha256-{sha[:12]}")
+    return ModelInfo(name=name, version=version, weights_sha256=sha)
+
+
+def _default_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _default_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        try:
+            value = getattr(torch, dtype)
+        except AttributeError:
+            value = None
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype name (try 'bfloat16' or 'float32')")
+        return value
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _attention(device: torch.device) -> str:
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+class ReportModel:
+    """A loaded report model: ``draft()`` turns studies into :class:`Draft` objects.
+
+    Built by :func:`load_model`; holds the model, its processor and the family adapter.
+    ``draft`` is serialised by a lock, so one instance can serve several threads.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        adapter: FamilyAdapter,
+        info: ModelInfo,
+        *,
+        path: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.adapter = adapter
+        self.info = info
+        self.path = path
+        self._lock = threading.Lock()
+        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer.padding_side = "left"  # decoder-only batches are padded on the left
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        eos = model.generation_config.eos_token_id
+        self._eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        if tokenizer.eos_token_id is not None:
+            self._eos_ids.add(tokenizer.eos_token_id)
+        self._pad_id = model.generation_config.pad_token_id
+        if self._pad_id is None:
+            self._pad_id = tokenizer.pad_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prompt_texts(self, studies: Sequence[StudyInput]) -> list[str]:
+        """The rendered prompts (what ``draft`` sends), without running the model."""
+        return self.adapter.prepare(self.processor, list(studies))[1]
+
+    @torch.inference_mode()
+    def _generate(
+        self, studies: Sequence[StudyInput], generation: GenerationConfig
+    ) -> list[tuple[str, str, bool]]:
+        """``(prompt text, generated text, hit the token limit)`` per study."""
+        inputs, prompt_texts = self.adapter.prepare(self.processor, list(studies))
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        if generation.seed is not None:
+            torch.manual_seed(generation.seed)
+        output = self.model.generate(**inputs, **generation.generate_kwargs(), pad_token_id=self._pad_id)
+        sequences = output.sequences if hasattr(output, "sequences") else output
+        new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
+        results = []
+        for prompt_text, row in zip(prompt_texts, new_tokens.tolist(), strict=True):
+            ended = any(token in self._eos_ids for token in row)
+            text = self.processor.decode(row, skip_special_tokens=True)
+            results.append((prompt_text, self.adapter.postprocess(self.processor, text), not ended))
+        return results
+
+    def draft(self, studies: Sequence[StudyInput], generation: GenerationConfig | None = None) -> list[Draft]:
+        """Draft one report per study, ``generation.batch_size`` studies per ``generate`` call."""
+        generation = generation or GenerationConfig()
+        drafts: list[Draft] = []
+        with self._lock:
+            for batch in chunked(list(studies), generation.batch_size):
+                results = self._generate(batch, generation)
+                for study, (prompt_text, text, hit_limit) in zip(batch, results, strict=True):
+                    draft = Draft.from_text(
+                        text,
+                        prompt_text=prompt_text,
+                        model_info=self.info,
+                        truncated=hit_limit,
+                        sections=self.adapter.sections,
+                        study_uid=study.study_uid,
+                    )
+                    drafts.append(draft)
+        return drafts
+
+
+def _adapter_base(adapter_dir: Path) -> Path:
+    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter_dir}/adapter_config.json names no base_model_name_or_path")
+    base_path = Path(base)
+    if not base_path.is_absolute() and not base_path.exists():
+        base_path = (adapter_dir / base).resolve()
+    if not (base_path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the LoRA adapter in {adapter_dir} needs its base model {base!r}, which is not a local "
+            "checkpoint directory; pass load_model(base_dir, adapter_path=adapter_dir)"
+        )
+    return base_path
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    adapter_path: str | Path | None = None,
+    merge_adapter: bool = True,
+    attn_implementation: str | None = None,
+) -> ReportModel:
+    """Load a Qwen3-VL / Qwen2.5-VL / Gemma 3 / MAIRA-2 / LLaVA checkpoint directory.
+
+    Parameters
+    ----------
+    path : str or Path
+        A checkpoint directory, or a LoRA adapter directory (with ``adapter_config.json``
+        naming a local base model).
+    device : str, optional
+        Default ``"cuda"`` when available, else ``"cpu"``.
+    dtype : str or torch.dtype, optional
+        Default bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on CPU.
+    adapter_path : str or Path, optional
+        A LoRA adapter (peft) to apply on top of ``path``.
+    merge_adapter : bool
+        Merge the LoRA weights into the model (faster generation).
+    attn_implementation : str, optional
+        Default ``flash_attention_2`` on CUDA when ``flash_attn`` is installed, else ``sdpa``.
+    """
+    path = Path(path)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        adapter_path, path = path, _adapter_base(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a transformers checkpoint directory")
+    adapter = adapter_for(path)
+    torch_device = _default_device(device)
+    torch_dtype = _default_dtype(dtype, torch_device)
+    attention = attn_implementation or _attention(torch_device)
+    logger.info(
+        "loading %s (%s) on %s as %s with %s attention",
+        path,
+        adapter.name,
+        torch_device,
+        torch_dtype,
+        attention,
+    )
+    processor_dir = Path(adapter_path) if adapter_path and _has_processor(Path(adapter_path)) else path
+    processor = adapter.load_processor(processor_dir)
+    placement = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}  # load onto the GPU
+    model = adapter.load_model(path, dtype=torch_dtype, attn_implementation=attention, **placement)
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+        if merge_adapter:
+            model = model.merge_and_unload()
+    model.to(torch_device)
+    model.eval()
+    info = model_info(path, adapter_path=adapter_path)
+    return ReportModel(model, processor, adapter, info, path=Path(adapter_path) if adapter_path else path)
+
+
+def _has_processor(directory: Path) -> bool:
+    return (directory / "preprocessor_config.json").is_file() and (
+        (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file()
+    )

@@ -1,0 +1,307 @@
+"""Pick the frontal and lateral chest radiographs of a study.
+
+Only original chest radiographs are candidates. Skipped, each with a stated reason:
+objects without pixel data, structured reports and other non-image objects,
+Secondary Capture, DERIVED / SECONDARY images, modalities other than CR / DX,
+images of another body part, and views that are neither frontal nor lateral
+(obliques, decubitus, unknown).
+
+The view comes from, in order of trust: View Position (0018,5101), the View Code
+Sequence (0054,0220, CID 4010), Image Type values, Patient Orientation (0020,0020) and
+finally words in the series / protocol / image descriptions.
+
+>>> from pydicom.dataset import Dataset
+>>> ds = Dataset(); ds.ViewPosition = "PA"; ds.BodyPartExamined = "CHEST"
+>>> classify_view(ds)
+'PA'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sr.codedict import codes
+
+__all__ = [
+    "FRONTAL_VIEWS",
+    "LATERAL",
+    "NoUsableImage",
+    "ViewSelection",
+    "classify_view",
+    "is_chest",
+    "select_views",
+    "skip_reason",
+]
+
+FRONTAL_VIEWS = ("PA", "AP", "FRONTAL")
+"""What :func:`classify_view` returns for frontal images (``FRONTAL``: projection unknown)."""
+LATERAL = "LATERAL"
+
+# View Position (0018,5101) defined terms and common vendor spellings
+_VIEW_POSITION = {
+    "PA": "PA",
+    "POSTERO-ANTERIOR": "PA",
+    "POSTEROANTERIOR": "PA",
+    "AP": "AP",
+    "ANTERO-POSTERIOR": "AP",
+    "ANTEROPOSTERIOR": "AP",
+    "APS": "AP",
+    "APSUP": "AP",
+    "AP SUPINE": "AP",
+    "AP ERECT": "AP",
+    "FRONTAL": "FRONTAL",
+    "LL": LATERAL,
+    "RL": LATERAL,
+    "LAT": LATERAL,
+    "LATERAL": LATERAL,
+    "LLAT": LATERAL,
+    "RLAT": LATERAL,
+    "LATERAL LEFT": LATERAL,
+    "LATERAL RIGHT": LATERAL,
+}
+
+# CID 4010 "DX View" codes (SNOMED CT, with the retired SNOMED-RT ones still in the field)
+_VIEW_CODES = {
+    codes.SCT.PosteroAnterior.value: "PA",
+    codes.SCT.AnteroPosterior.value: "AP",
+    codes.SCT.Frontal.value: "FRONTAL",
+    codes.SCT.LeftLateral.value: LATERAL,
+    codes.SCT.RightLateral.value: LATERAL,
+    codes.SCT.Lateral.value: LATERAL,
+    codes.SCT.LateralProjection.value: LATERAL,
+    codes.SCT.LateralMedial.value: LATERAL,
+    codes.SCT.MedioLateralProjection.value: LATERAL,
+    "R-10214": "PA",
+    "R-10206": "AP",
+    "R-10232": LATERAL,
+    "R-10236": LATERAL,
+    "R-102CD": LATERAL,
+}
+
+_NON_IMAGE_MODALITIES = {"SR", "KO", "PR", "DOC", "REG", "SEG", "RTSTRUCT", "PLAN", "AU", "ECG"}
+_RADIOGRAPHY_MODALITIES = {"CR", "DX", "DR", "RG"}
+_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+_CHEST_BODY_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "CHESTLAT", "TORAX", "THORAXLAT"}
+_CHEST_WORDS = re.compile(r"(?i)\b(chest|thorax|thoracic|thx|cxr|lungs?|torax|pulmonary|rx\s*t[oh]rax)\b")
+_TEXT_VIEW = [
+    (re.compile(r"(?i)\b(lat|lateral|lat\.)\b"), LATERAL),
+    (re.compile(r"(?i)\b(p\.?a\.?|postero-?anterior)\b"), "PA"),
+    (re.compile(r"(?i)\b(a\.?p\.?|antero-?posterior|supine|portable)\b"), "AP"),
+    (re.compile(r"(?i)\bfrontal\b"), "FRONTAL"),
+]
+_OTHER_VIEW_WORDS = re.compile(r"(?i)\b(decub\w*|oblique|lordotic|lao|rao|lpo|rpo|lld|rld)\b")
+
+
+class NoUsableImage(ValueError):
+    """A study holds no image the model can report on; ``reason`` says why.
+
+    ``selection`` is the partial :class:`ViewSelection` (a lateral may have been found).
+    """
+
+    def __init__(self, reason: str, selection: ViewSelection | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.selection = selection
+
+
+@dataclass
+class ViewSelection:
+    """The chosen images and what was left out.
+
+    ``frontal_view`` is ``"PA"``, ``"AP"`` or ``"FRONTAL"`` (frontal, projection unknown).
+    ``skipped`` lists ``(SOPInstanceUID, reason)`` for every object not chosen.
+    """
+
+    frontal: Dataset | None
+    lateral: Dataset | None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    frontal_view: str | None = None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _uid(ds: Dataset) -> str:
+    return str(ds.get("SOPInstanceUID", "") or "?")
+
+
+def _from_codes(sequence: Iterable[Dataset] | None) -> str | None:
+    for item in sequence or []:
+        code = str(item.get("CodeValue", "") or item.get("LongCodeValue", "") or "")
+        if code in _VIEW_CODES:
+            return _VIEW_CODES[code]
+        meaning = str(item.get("CodeMeaning", "")).lower()
+        if "decubitus" in meaning or "oblique" in meaning:
+            return None
+        if "postero-anterior" in meaning or "posteroanterior" in meaning:
+            return "PA"
+        if "antero-posterior" in meaning or "anteroposterior" in meaning:
+            return "AP"
+        if "lateral" in meaning:
+            return LATERAL
+        if "frontal" in meaning:
+            return "FRONTAL"
+    return None
+
+
+def _from_orientation(ds: Dataset) -> str | None:
+    value = ds.get("PatientOrientation")
+    if not value or len(value) != 2:
+        return None
+    letters = set("".join(str(v) for v in value).upper())
+    if letters & {"H", "F"} and letters & {"L", "R"} and not letters & {"A", "P"}:
+        return "FRONTAL"
+    if letters & {"H", "F"} and letters & {"A", "P"} and not letters & {"L", "R"}:
+        return LATERAL
+    return None
+
+
+def classify_view(ds: Dataset) -> str | None:
+    """``"PA"``, ``"AP"``, ``"FRONTAL"``, ``"LATERAL"`` or ``None`` (other or unknown view)."""
+    position = " ".join(_text(ds, "ViewPosition").upper().split())
+    if position:
+        if position in _VIEW_POSITION:
+            return _VIEW_POSITION[position]
+        if _OTHER_VIEW_WORDS.search(position):
+            return None
+    view = _from_codes(ds.get("ViewCodeSequence"))
+    if view:
+        return view
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])][2:]
+    for value in image_type:
+        if value in _VIEW_POSITION:
+            return _VIEW_POSITION[value]
+    view = _from_orientation(ds)
+    if view:
+        return view
+    for keyword in ("SeriesDescription", "ProtocolName", "AcquisitionDeviceProcessingDescription"):
+        text = _text(ds, keyword)
+        if not text or _OTHER_VIEW_WORDS.search(text):
+            continue
+        for pattern, name in _TEXT_VIEW:
+            if pattern.search(text):
+                return name
+    return None
+
+
+def is_chest(ds: Dataset) -> bool:
+    """Body Part Examined is a chest term, or a description / anatomic region says chest."""
+    body_part = _text(ds, "BodyPartExamined").upper().replace(" ", "_")
+    if body_part in _CHEST_BODY_PARTS:
+        return True
+    for item in ds.get("AnatomicRegionSequence") or []:
+        if str(item.get("CodeValue", "")) in {codes.SCT.Chest.value, "T-D3000", "51185008", "302551006"}:
+            return True
+        if _CHEST_WORDS.search(str(item.get("CodeMeaning", ""))):
+            return True
+    for keyword in (
+        "StudyDescription",
+        "SeriesDescription",
+        "ProtocolName",
+        "RequestedProcedureDescription",
+        "PerformedProcedureStepDescription",
+    ):
+        if _CHEST_WORDS.search(_text(ds, keyword)):
+            return True
+    return False
+
+
+def skip_reason(ds: Dataset) -> str | None:
+    """Why ``ds`` cannot be a model input, or ``None`` when it is an original chest radiograph."""
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    modality = str(ds.get("Modality", "") or "").upper()
+    if sop_class.startswith(_SR_PREFIX) or modality in {"SR", "KO"}:
+        return "structured report or key object selection, not an image"
+    if sop_class == _SECONDARY_CAPTURE_PREFIX or sop_class.startswith(_SECONDARY_CAPTURE_PREFIX + "."):
+        return "secondary capture"
+    if modality in _NON_IMAGE_MODALITIES:
+        return f"non-image object (modality {modality})"
+    if "PixelData" not in ds:
+        return "no pixel data"
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if image_type[:1] == ["DERIVED"] or image_type[1:2] == ["SECONDARY"]:
+        return "derived or secondary image (ImageType " + "\\".join(image_type) + ")"
+    if modality and modality not in _RADIOGRAPHY_MODALITIES:
+        return f"modality {modality} is not a radiograph"
+    if not is_chest(ds):
+        body_part = _text(ds, "BodyPartExamined") or "not given"
+        return f"not a chest image (BodyPartExamined {body_part}, no chest description)"
+    if classify_view(ds) is None:
+        position = _text(ds, "ViewPosition") or "not given"
+        return f"view is neither frontal nor lateral, or unknown (ViewPosition {position})"
+    return None
+
+
+def _best_first(items: list[tuple[str, Dataset]]) -> list[tuple[str, Dataset]]:
+    """PA before AP before unknown-projection frontal; within a view the latest acquisition
+    (then the highest Instance Number) first: a repeated exposure replaces a failed one."""
+
+    def when(ds: Dataset) -> tuple[str, int]:
+        stamp = (
+            str(ds.get("AcquisitionDateTime", "") or "")
+            or str(ds.get("AcquisitionDate", "") or "") + str(ds.get("AcquisitionTime", "") or "")
+            or str(ds.get("ContentDate", "") or "") + str(ds.get("ContentTime", "") or "")
+        )
+        return stamp, int(ds.get("InstanceNumber", 0) or 0)
+
+    preference = {"PA": 0, "AP": 1, "FRONTAL": 2, LATERAL: 0}
+    by_time = sorted(items, key=lambda item: when(item[1]), reverse=True)
+    return sorted(by_time, key=lambda item: preference[item[0]])
+
+
+def select_views(datasets: Iterable[Dataset], *, require_frontal: bool = True) -> ViewSelection:
+    """Choose the frontal and lateral image of one study.
+
+    Parameters
+    ----------
+    datasets : iterable of Dataset
+        Every object of the study (images, SRs, ...), in any order.
+    require_frontal : bool
+        Raise :class:`NoUsableImage` when there is no frontal image (the default: the
+        report models need one). With ``False`` a lateral-only selection is returned.
+
+    Raises
+    ------
+    NoUsableImage
+        No usable chest image (or no frontal one), with the reason.
+    """
+    frontals: list[tuple[str, Dataset]] = []
+    laterals: list[tuple[str, Dataset]] = []
+    skipped: list[tuple[str, str]] = []
+    for ds in datasets:
+        reason = skip_reason(ds)
+        if reason:
+            skipped.append((_uid(ds), reason))
+            continue
+        view = classify_view(ds)
+        (laterals if view == LATERAL else frontals).append((view, ds))
+    frontals = _best_first(frontals)
+    laterals = _best_first(laterals)
+    for _view, ds in frontals[1:]:
+        skipped.append((_uid(ds), "another frontal image was chosen"))
+    for _view, ds in laterals[1:]:
+        skipped.append((_uid(ds), "another lateral image was chosen"))
+    selection = ViewSelection(
+        frontal=frontals[0][1] if frontals else None,
+        lateral=laterals[0][1] if laterals else None,
+        skipped=skipped,
+        frontal_view=frontals[0][0] if frontals else None,
+    )
+    if selection.frontal is None and selection.lateral is None:
+        reasons = sorted({reason for _uid_, reason in skipped})
+        detail = "; ".join(reasons) if reasons else "the study is empty"
+        raise NoUsableImage(f"no usable chest radiograph ({detail})", selection)
+    if selection.frontal is None and require_frontal:
+        raise NoUsableImage("no frontal (PA/AP) chest radiograph; only a lateral view", selection)
+    return selection
