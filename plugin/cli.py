@@ -4,6 +4,7 @@ import logging
 
 import click
 
+from unirg.plugin.listen_cli import listen, status, worker
 from unirg.plugin.viewer import viewer
 from unirg.sr_writer.cli import sr
 
@@ -28,3 +29,6 @@ def main(verbose: int) -> None:
 
 main.add_command(sr)
 main.add_command(viewer)
+main.add_command(listen)
+main.add_command(worker)
+main.add_command(status)
