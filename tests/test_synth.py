@@ -66,7 +66,8 @@ def test_manifest_schema(testbed):
         assert set(rec["report"]) == {"indication", "comparison", "findings", "impression"}
         assert rec["report"]["findings"] and rec["report"]["impression"]
         for f in rec["findings"]:
-            assert list(f) == ["observation", "laterality", "severity", "change"]
+            assert list(f)[:4] == ["observation", "laterality", "severity", "change"]
+            assert set(list(f)[4:]) <= {"calcified"}
             assert f["observation"] in OBSERVATIONS
             assert f["laterality"] in (None, "left", "right", "bilateral")
             assert f["severity"] in (None, "mild", "moderate", "severe")
@@ -89,7 +90,9 @@ def test_labels_and_findings_agree(testbed):
         labels, findings = rec["labels"], {f["observation"]: f for f in rec["findings"]}
         present = [o for o, f in findings.items() if f["change"] != "resolved"]
         for obs, f in findings.items():
-            if f["change"] == "resolved":
+            if f.get("calcified"):
+                assert labels[obs] is None  # a calcified granuloma is not a CheXpert Lung Lesion
+            elif f["change"] == "resolved":
                 assert labels[obs] == 0 and f["severity"] is None
             else:
                 assert labels[obs] in (1, -1)
@@ -262,8 +265,8 @@ def test_report_sr_holds_the_manifest_report(testbed):
 TERMS = {
     "Cardiomegaly": r"cardiomegaly|enlarged heart|cardiac silhouette|heart size|heart is not enlarged",
     "Enlarged Cardiomediastinum": r"mediastin",
-    "Lung Lesion": r"nodule|mass",
-    "Lung Opacity": r"opacit|opacification",
+    "Lung Lesion": r"(?<!calcified )(nodule|mass)",
+    "Lung Opacity": r"opacit|opacification|lungs:? (are )?(otherwise )?clear|^clear\.$",
     "Edema": r"edema|oedema",
     "Consolidation": r"consolidation",
     "Pneumonia": r"pneumonia|\bPNA\b",
@@ -275,7 +278,7 @@ TERMS = {
     "Support Devices": r"tube|catheter|\bCVC\b|\bETT\b|\bNGT\b|pacemaker|pacer|\bport\b|portacath|drain|lines",
 }
 HEDGE = r"possible|\bposs\b|cannot be excluded|not excluded|questionable|\?|could represent"
-NEGATION = r"\bno\b|not enlarged|normal|\bnml\b|resolved|resolution|removed|removal|\bout\b"
+NEGATION = r"\bno\b|not enlarged|normal|\bnml\b|resolved|resolution|removed|removal|\bout\b|clear"
 
 
 def _sentences(text: str) -> list[str]:

@@ -94,8 +94,11 @@ class Finding:
     def record(self) -> dict:
         """The manifest form: observation, laterality, severity name, change."""
         sev = None if self.observation == "Support Devices" or not self.present else SEVERITY_NAMES[self.severity]
-        return {"observation": self.observation, "laterality": self.laterality,
-                "severity": sev, "change": self.change}
+        record = {"observation": self.observation, "laterality": self.laterality,
+                  "severity": sev, "change": self.change}
+        if self.detail.get("calcified"):
+            record["calcified"] = True  # a granuloma: drawn and described, not labelled Lung Lesion
+        return record
 
 
 @dataclass

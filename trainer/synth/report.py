@@ -116,6 +116,9 @@ class Style:
     def statement(self, ctx: _Context, f: Finding) -> str:
         """One sentence about a finding: hedged when uncertain, framed by its change since the prior."""
         obs = f.observation
+        if f.detail.get("calcified") and obs == "Lung Lesion":
+            # a calcified granuloma: CheXpert does not count it as a Lung Lesion
+            return self.positive(ctx, f)
         if not f.present:
             ctx.mention(obs, NEGATIVE)
             return self.resolved(ctx, f)
@@ -302,6 +305,8 @@ class StyleA(Style):
     def findings_text(self, ctx: _Context, by_group: dict[str, list[str]], absent: list[str]) -> str:
         """One line per system: lines and tubes, lungs, pleura, heart and mediastinum, bones."""
         lung_neg = self._negate_list(ctx, [o for o in ("Consolidation", "Edema") if o in absent], "No {}.")
+        if not by_group["lungs"]:
+            ctx.mention("Lung Opacity", NEGATIVE)
         lungs = by_group["lungs"] or ["Clear."]
         pleura_neg = self._negate_list(ctx, [o for o in ("Pleural Effusion", "Pneumothorax") if o in absent], "No {}.")
         heart = list(by_group["heart"])
@@ -449,6 +454,7 @@ class StyleB(Style):
             ctx.mention("Cardiomegaly", NEGATIVE)
             out.append("Heart size nml.")
         if not any(GROUPS[f.observation] == "lungs" for f in ctx.study.present):
+            ctx.mention("Lung Opacity", NEGATIVE)
             out.append("Lungs clear.")
         elif "Consolidation" in absent:
             out.append(self._negate_list(ctx, ["Consolidation"], "No {}."))
@@ -598,6 +604,7 @@ class StyleC(Style):
             ctx.mention("Fracture", NEGATIVE)
             normal.append("No rib fracture is identified.")
         if by_group["lungs"]:
+            ctx.mention("Lung Opacity", NEGATIVE)
             normal.append("The lungs are otherwise clear.")
         paragraphs.append(" ".join(t for t in normal if t))
         if by_group["devices"]:
