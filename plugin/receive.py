@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import re
 import ssl
-import tempfile
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from unirg.plugin.assemble import IMAGE_SOP_CLASSES, Assembler, StudyLedger, classify_instance
 from unirg.plugin.config import Config, ListenerConfig, TLSConfig
+from unirg.sr_writer.io import write_bytes_atomic
 
 __all__ = [
     "TRANSFER_SYNTAXES",
@@ -46,7 +45,6 @@ __all__ = [
     "handle_echo",
     "build_ae",
     "ssl_context_from",
-    "write_bytes_atomic",
     "remove_partial_files",
     "Listener",
 ]
@@ -106,32 +104,6 @@ class StoreRefused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent, the old file, or complete.
-
-    Temp file in the same directory (named ``.<name>.tmp-*``), fsync, rename, fsync the directory.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def remove_partial_files(data_dir: Path) -> int:

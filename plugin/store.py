@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from unirg.plugin.config import Peer, StoreConfig
-from unirg.plugin.receive import write_bytes_atomic
+from unirg.sr_writer.io import write_bytes_atomic
 
 __all__ = ["SRStore", "StoreFailed", "DestinationNotAllowed", "StoreOutcome", "sr_bytes"]
 

@@ -6,7 +6,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -15,30 +15,19 @@ from pydicom.errors import InvalidDicomError
 logger = logging.getLogger(__name__)
 
 
-def write_dataset_atomic(ds: Dataset, path: str | os.PathLike[str]) -> Path:
-    """Write ``ds`` as a DICOM file at ``path`` so readers never see a partial file.
+def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
+    """Create ``path`` with ``write(file)`` so readers see the old file or the complete new one.
 
-    Writes a temporary file in the same folder, fsyncs it, renames it over ``path``
-    and fsyncs the folder. On failure the temporary file is removed and ``path``
-    is left as it was.
-
-    Parameters
-    ----------
-    ds : pydicom.dataset.Dataset
-        Dataset with file meta information (e.g. a highdicom SR).
-    path : str or os.PathLike
-        Destination file.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
+    Writes a temporary file ``.<name>.tmp-*`` in the same folder, fsyncs it, renames it over
+    ``path`` and fsyncs the folder. On failure the temporary file is removed and ``path`` is left
+    as it was. Returns ``path``.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -51,6 +40,16 @@ def write_dataset_atomic(ds: Dataset, path: str | os.PathLike[str]) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def write_dataset_atomic(ds: Dataset, path: str | os.PathLike[str]) -> Path:
+    """Write ``ds`` (with file meta information, e.g. a highdicom SR) atomically; see `write_atomic`."""
+    return write_atomic(path, lambda f: ds.save_as(f, enforce_file_format=True))
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` atomically; see `write_atomic`."""
+    return write_atomic(path, lambda f: f.write(data))
 
 
 def iter_dicom_files(path: str | os.PathLike[str]) -> Iterator[tuple[Path, Dataset | str]]:
