@@ -4,6 +4,7 @@ import logging
 
 import click
 
+from unirg.trainer.eval_cli import eval_command
 from unirg.trainer.label_cli import label
 from unirg.trainer.score_cli import score
 from unirg.trainer.synth.cli import synth
@@ -27,3 +28,4 @@ def main(verbose: int) -> None:
 main.add_command(synth)
 main.add_command(label)
 main.add_command(score)
+main.add_command(eval_command)
