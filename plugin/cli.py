@@ -4,6 +4,7 @@ import logging
 
 import click
 
+from unirg.plugin.draft_cli import draft
 from unirg.plugin.listen_cli import listen, status, worker
 from unirg.plugin.viewer import viewer
 from unirg.sr_writer.cli import sr
@@ -27,6 +28,7 @@ def main(verbose: int) -> None:
     )
 
 
+main.add_command(draft)
 main.add_command(sr)
 main.add_command(viewer)
 main.add_command(listen)

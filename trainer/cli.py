@@ -6,8 +6,10 @@ import click
 
 from unirg.trainer.eval_cli import eval_command
 from unirg.trainer.label_cli import label
+from unirg.trainer.rl_cli import rl
 from unirg.trainer.score_cli import score
 from unirg.trainer.synth.cli import synth
+from unirg.trainer.train_cli import publish, sft
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,3 +31,6 @@ main.add_command(synth)
 main.add_command(label)
 main.add_command(score)
 main.add_command(eval_command)
+main.add_command(sft)
+main.add_command(rl)
+main.add_command(publish)

@@ -61,6 +61,7 @@ import numpy as np
 
 from unirg.trainer.chexpert import OBSERVATIONS
 from unirg.trainer.data.sample import Sample, section_text
+from unirg.trainer.data.study import study_input
 
 logger = logging.getLogger(__name__)
 
@@ -824,23 +825,6 @@ def plot_comparison(comparison: Comparison, path: str | os.PathLike[str]) -> Pat
 
 
 # -- drafting with a model -------------------------------------------------------------------------------------
-def study_input(sample: Sample, image_size: int | None = 512):
-    """The :class:`unirg.plugin.infer.StudyInput` of a sample (frontal, lateral, prior image + report)."""
-    from unirg.plugin.infer import StudyInput
-
-    frontal = sample.frontal or (sample.images[0] if sample.images else None)
-    if frontal is None:
-        raise ValueError(f"sample {sample.sample_id} has no image")
-    lateral = sample.lateral
-    prior_image = sample.prior.image if sample.prior is not None else None
-    return StudyInput(
-        frontal=frontal.load(image_size), lateral=lateral.load(image_size) if lateral else None,
-        indication=sample.indication, comparison=sample.comparison,
-        prior_frontal=prior_image.load(image_size) if prior_image else None,
-        prior_report=sample.prior.report if prior_image is not None else None, study_uid=sample.study_id,
-    )
-
-
 def generate_predictions(model: Any, samples: Sequence[Sample], *, generation: Any = None,
                          image_size: int | None = 512, chunk: int = 32,
                          progress: Callable[[int, int], None] | None = None) -> dict[str, Prediction]:
@@ -850,7 +834,7 @@ def generate_predictions(model: Any, samples: Sequence[Sample], *, generation: A
     out: dict[str, Prediction] = {}
     for start in range(0, len(samples), chunk):
         part = samples[start: start + chunk]
-        drafts = model.draft([study_input(s, image_size) for s in part], generation)
+        drafts = model.draft([study_input(s, size=image_size or 512) for s in part], generation)
         for s, d in zip(part, drafts, strict=True):
             out[s.sample_id] = Prediction(s.sample_id, d.findings, d.impression)
         if progress is not None:

@@ -1,0 +1,561 @@
+"""Reinforcement learning of a report model on a composite clinical reward (``unirg-trainer rl``).
+
+UniRG's second stage: start from an SFT checkpoint, sample ``num_generations`` reports per study, score each
+against the reference with the reward components, and update a LoRA adapter with TRL's ``GRPOTrainer``
+(or ``RLOOTrainer``, ``algorithm = "rloo"``).
+
+How a study reaches the model (the same path as inference)
+    :func:`study_input` turns a :class:`unirg.trainer.data.Sample` into the
+    :class:`~unirg.plugin.infer.StudyInput` the plugin would build from the DICOM files (pixels through
+    :func:`~unirg.plugin.infer.pixels.dataset_to_image`, indication from the image header, comparison
+    ``"Chest radiograph YYYY-MM-DD."`` and the prior's image + report); the family adapter's
+    :meth:`~unirg.plugin.infer.families.FamilyAdapter.prompts` (:func:`~unirg.plugin.infer.prompt.build_prompt`)
+    makes the chat messages. Each dataset row is ``{"prompt": messages, "images": [PIL...], "reference":
+    format_target(findings, impression), ...}``: TRL 1.16's VLM path fills the ``{"type": "image"}``
+    placeholders with the row's images (``prepare_multimodal_messages``), renders them with the processor's
+    chat template (``processor.apply_chat_template(..., tokenize=True)``) for ``generate`` and runs
+    ``processor(images=..., text=...)`` for the policy / reference forward passes (``pixel_values`` +
+    ``image_grid_thw`` for Qwen-VL). No custom collator or trainer subclass is needed; the test suite checks
+    that TRL's prompt tokens equal the plugin's (``adapter.prepare``).
+
+Reward
+    One TRL reward function per component (:func:`build_reward_funcs`), weighted by ``reward_weights``. TRL
+    then logs every component per step (``rewards/<component>/mean`` and ``/std``, one column each in the
+    completions table), the weighted ``reward``, ``reward_std`` and ``frac_reward_zero_std``. Standard
+    scaling ``(x - mean) / std`` is folded into the weights (``weight / std``): GRPO subtracts the group
+    mean, so the shift by ``mean`` cancels and the advantages are exactly those of the standardised
+    composite, while the logged component values stay in their own units. The (mean, std) come from
+    :func:`fit_scaling` (mismatched reference pairs of the training set) or the config.
+
+Output directory ``OUT`` (``output_dir``)::
+
+    OUT/config.json, model.safetensors, tokenizer + processor files, unirg-model.json
+                            the trained policy, LoRA merged: ``load_model(OUT)`` loads it
+    OUT/adapter/            the RL LoRA adapter alone (``base_model_name_or_path`` = the SFT checkpoint
+                            when that is a full checkpoint)
+    OUT/rl_run.json         settings, the reward table (real metric or substitute, weight, scaling),
+                            the log history, timing
+    OUT/checkpoints/checkpoint-N/   Trainer checkpoints: ``--resume`` continues from the last one
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from unirg.plugin.infer.prompt import format_target
+from unirg.trainer.data.study import study_input
+from unirg.trainer.rl_config import RLConfig, RLConfigError, load_rl_config
+
+__all__ = [
+    "RLResult",
+    "RLSetup",
+    "RewardSpec",
+    "ZeroStdMonitor",
+    "build_dataset",
+    "build_reward_funcs",
+    "build_trainer",
+    "fit_scaling",
+    "load_policy",
+    "load_rl_config",
+    "load_samples",
+    "resolve_rewards",
+    "study_input",
+    "train_rl",
+]
+
+logger = logging.getLogger(__name__)
+
+SUBSTITUTE_OF = {
+    "embedding_cosine": "BERTScore",
+    "semb_substitute": "SembScore",
+    "radgraph_substitute": "RadGraph-F1",
+}
+REAL_OF = {"bertscore": "BERTScore", "sembscore": "SembScore", "radgraph_f1": "RadGraph-F1", "bleu": "BLEU",
+           "judge": "LLM judge 1/(1+significant errors)"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reward
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RewardSpec:
+    """One reward term: the config key (slot or component), what fills it, its weight and scaling."""
+
+    key: str
+    component: str
+    weight: float
+    real: bool
+    description: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    standardize: bool = False
+    mean: float | None = None
+    std: float | None = None
+
+    @property
+    def effective_weight(self) -> float:
+        """The weight TRL applies: ``weight / std`` when standard-scaled (see the module docstring)."""
+        return self.weight / self.std if self.standardize and self.std else self.weight
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "component": self.component, "real_metric": self.real, "description": self.description,
+            "weight": self.weight, "standardize": self.standardize, "mean": self.mean, "std": self.std,
+            "effective_weight": self.effective_weight,
+        }
+
+
+def resolve_rewards(cfg: RLConfig) -> list[RewardSpec]:
+    """The reward terms of ``cfg``: slots resolved to the real metric or its offline substitute."""
+    from unirg.trainer.rewards import REGISTRY
+
+    standardize = set(cfg.reward_standardize) if cfg.reward_standardize is not None else {
+        k for k in cfg.reward_components if k != "judge"}
+    specs = []
+    for key, weight in cfg.reward_components.items():
+        options: dict[str, Any] = {}
+        if key == "bertscore":
+            if cfg.bertscore_model:
+                component, real = "bertscore", True
+                options = {"model_path": cfg.bertscore_model, "num_layers": cfg.bertscore_layers}
+                description = f"BERTScore F1 ({cfg.bertscore_model}, layer {cfg.bertscore_layers})"
+            else:
+                component, real = "embedding_cosine", False
+                description = "SUBSTITUTE for BERTScore: sentence-embedding cosine (all-MiniLM-L6-v2 by default)"
+        elif key == "semb":
+            if cfg.chexbert_model:
+                component, real = "sembscore", True
+                options = {"model_path": cfg.chexbert_model}
+                description = f"SembScore: cosine of CheXbert embeddings ({cfg.chexbert_model})"
+            else:
+                component, real = "semb_substitute", False
+                description = "SUBSTITUTE for SembScore: cosine of the rule-based labeler's 14-observation vectors"
+        elif key == "radgraph":
+            if cfg.radgraph_model:
+                component, real = "radgraph_f1", True
+                options = {"model_path": cfg.radgraph_model}
+                description = f"RadGraph-F1 ({cfg.radgraph_model})"
+            else:
+                component, real = "radgraph_substitute", False
+                description = "SUBSTITUTE for RadGraph-F1: entity/attribute overlap F1 from the rule-based labeler"
+        elif key == "judge":
+            component, real = "judge", True
+            description = "1 / (1 + clinically significant errors) from the CheXprompt-style LLM judge"
+        else:
+            component = key
+            real = component not in SUBSTITUTE_OF and not component.endswith("_substitute")
+            description = (f"SUBSTITUTE for {SUBSTITUTE_OF[component]}" if component in SUBSTITUTE_OF
+                           else REAL_OF.get(component, component))
+        if real and component in ("sembscore", "radgraph_f1") and component not in REGISTRY:
+            flag = "--chexbert-model" if component == "sembscore" else "--radgraph-model"
+            raise RLConfigError(
+                f"{flag} asks for the real {REAL_OF[component]}, but no {component!r} reward component is "
+                f"registered in unirg.trainer.rewards (its scorer package is not part of this install); register "
+                f"one with unirg.trainer.rewards.register_component({component!r}, factory) before training, or "
+                f"drop {flag} to use the offline substitute"
+            )
+        options.update(cfg.reward_options.get(key, {}))
+        if component != key:
+            options.update(cfg.reward_options.get(component, {}))
+        specs.append(RewardSpec(key=key, component=component, weight=float(weight), real=real,
+                                description=description, options=options,
+                                standardize=key in standardize or component in standardize))
+    return specs
+
+
+def build_reward_funcs(specs: Sequence[RewardSpec], judge_config: dict | None = None) -> list[Callable]:
+    """One TRL reward function per spec (``__name__`` = the component, so TRL logs ``rewards/<component>/...``).
+
+    A ``judge`` term needs ``judge_config`` (``[reward.judge]``) or ``UNIRG_JUDGE_BASE_URL``; without either,
+    :class:`~unirg.trainer.rewards.judge.JudgeNotConfigured`.
+    """
+    from unirg.trainer.rewards import build_component
+
+    funcs: list[Callable] = []
+    for spec in specs:
+        if spec.component == "judge":
+            from unirg.trainer.rewards.judge import ENV_BASE_URL, judge_from_config, make_judge_reward
+
+            cfg = judge_config or ({"backend": "openai"} if os.environ.get(ENV_BASE_URL) else None)
+            funcs.append(make_judge_reward(judge_from_config(cfg)))  # JudgeNotConfigured when cfg is None
+        else:
+            funcs.append(build_component(spec.component, **spec.options))
+    return funcs
+
+
+def fit_scaling(specs: Sequence[RewardSpec], funcs: Sequence[Callable], references: Sequence[str], *,
+                pairs: int = 256, seed: int = 0) -> None:
+    """Fill ``mean``/``std`` of the standardised specs from mismatched reference pairs.
+
+    Each reference is scored against the reference of another (random) study: the spread of a metric over
+    plausible but wrong reports, i.e. over what rollouts look like. ``std`` 0 (a constant component) -> 1.0.
+    """
+    todo = [(s, f) for s, f in zip(specs, funcs, strict=True) if s.standardize and s.mean is None]
+    if not todo:
+        return
+    unique = sorted(set(r for r in references if r and r.strip()))
+    if len(unique) < 2:
+        logger.warning("fewer than 2 distinct references: reward components are not standard-scaled")
+        for spec, _ in todo:
+            spec.mean, spec.std = 0.0, 1.0
+        return
+    rng = random.Random(seed)
+    cands, refs = [], []
+    for _ in range(pairs):
+        a, b = rng.sample(unique, 2)
+        cands.append(a)
+        refs.append(b)
+    for spec, func in todo:
+        scorer = getattr(func, "score", None)
+        values = scorer(cands, refs) if scorer else func(cands, reference=refs)
+        kept = [float(v) for v in values if v is not None]
+        if not kept:
+            spec.mean, spec.std = 0.0, 1.0
+            continue
+        mu = sum(kept) / len(kept)
+        sd = (sum((v - mu) ** 2 for v in kept) / len(kept)) ** 0.5
+        spec.mean, spec.std = mu, sd if sd > 1e-8 else 1.0
+
+
+def _apply_scaling(cfg: RLConfig, specs: Sequence[RewardSpec], funcs: Sequence[Callable],
+                   references: Sequence[str]) -> None:
+    if cfg.reward_scaling == "none":
+        for spec in specs:
+            spec.standardize = False
+        return
+    if isinstance(cfg.reward_scaling, dict):
+        for spec in specs:
+            pair = cfg.reward_scaling.get(spec.key) or cfg.reward_scaling.get(spec.component)
+            if pair is not None:
+                spec.standardize, spec.mean, spec.std = True, float(pair[0]), float(pair[1])
+            elif spec.standardize:
+                logger.warning("reward_scaling has no [mean, std] for %s: used unscaled", spec.key)
+                spec.standardize = False
+        return
+    fit_scaling(specs, funcs, references, pairs=cfg.scaling_pairs, seed=cfg.seed)
+
+
+def reward_table(specs: Sequence[RewardSpec]) -> str:
+    """A plain-text table of the reward terms (logged at start-up)."""
+    lines = ["reward terms (TRL logs rewards/<component>/mean|std per step):"]
+    for s in specs:
+        scale = f"scaled (x - {s.mean:.4g}) / {s.std:.4g}" if s.standardize and s.std else "unscaled"
+        lines.append(f"  {s.key:<10} -> {s.component:<20} weight {s.weight:<6g} {scale:<32} "
+                     f"effective weight {s.effective_weight:.4g}  [{'real' if s.real else 'SUBSTITUTE'}] "
+                     f"{s.description}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def _holdout_patients(sft: str | None) -> set[str]:
+    """Patients the SFT run held out for evaluation (``SFT/holdout.json``): RL must not train on them."""
+    if not sft:
+        return set()
+    path = Path(sft) / "holdout.json"
+    if not path.is_file():
+        return set()
+    return set(json.loads(path.read_text(encoding="utf-8")).get("patients", []))
+
+
+def load_samples(cfg: RLConfig) -> list:
+    """The training samples of ``cfg``: its institutions, minus SFT's held-out patients (and, with
+    ``train_institutions``, minus patients with studies elsewhere), with a frontal image and a report."""
+    from unirg.trainer.data import load_dataset, split_by_institution
+
+    if not cfg.data:
+        raise RLConfigError("no training data: pass --data DIR (a testbed made by `unirg-trainer synth`, ...)")
+    samples = load_dataset(cfg.data)
+    if cfg.train_institutions:
+        others = sorted({s.institution for s in samples if s.institution not in cfg.train_institutions} - {None})
+        samples = split_by_institution(samples, train=cfg.train_institutions, test=others)["train"]
+    held = _holdout_patients(cfg.sft)
+    kept = [s for s in samples if s.patient_id not in held and s.frontal is not None
+            and (s.findings.strip() or s.impression.strip())]
+    if cfg.max_train_samples:
+        kept = kept[: cfg.max_train_samples]
+    if not kept:
+        raise RLConfigError(
+            f"no training samples in {cfg.data} (institutions {cfg.train_institutions}, {len(held)} SFT held-out "
+            "patients excluded); check --institutions against the data"
+        )
+    logger.info("RL training samples: %d (%d SFT held-out patients excluded)", len(kept), len(held))
+    return kept
+
+
+def build_dataset(samples: Sequence, adapter, *, size: int = 512, longitudinal: bool = True,
+                  cache_dir: str | os.PathLike | None = None):
+    """A ``datasets.Dataset`` of TRL rows: ``prompt`` (chat messages with image placeholders), ``images``,
+    ``reference`` (the target text), ``institution``, ``study_uid``.
+
+    Rows are streamed into an Arrow file (in ``cache_dir`` when given), so decoded images never all sit in
+    memory at once: the dataset scales to MIMIC-sized training sets."""
+    from datasets import Dataset
+    from tqdm.auto import tqdm
+
+    def rows():
+        for sample in tqdm(samples, desc="preparing RL prompts", leave=False):
+            study = study_input(sample, size=size, longitudinal=longitudinal)
+            prompt = adapter.prompts([study])[0]
+            yield {
+                "prompt": prompt.messages,
+                "images": list(prompt.images),
+                "reference": format_target(sample.findings, sample.impression),
+                "institution": sample.institution or "",
+                "study_uid": sample.study_id,
+            }
+
+    return Dataset.from_generator(rows, cache_dir=str(cache_dir) if cache_dir else None,
+                                  fingerprint=_fingerprint(samples, adapter, size, longitudinal))
+
+
+def _fingerprint(samples: Sequence, adapter, size: int, longitudinal: bool) -> str:
+    """A dataset fingerprint from the studies, the prompt family and the settings (``datasets`` cannot hash
+    the generator); the same fingerprint reuses the Arrow file of an earlier run (e.g. on resume)."""
+    import hashlib
+
+    from unirg.plugin.infer.prompt import INSTRUCTION
+
+    digest = hashlib.sha256(f"unirg-rl:{adapter.name}:{adapter.system_prompt}:{INSTRUCTION}:{size}:"
+                            f"{longitudinal}".encode())
+    for sample in samples:
+        digest.update(f"{sample.sample_id}|{sample.frontal.path if sample.frontal else ''}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+
+def _dtype(cfg: RLConfig) -> torch.dtype:
+    if cfg.bf16:
+        return torch.bfloat16
+    if cfg.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def load_policy(cfg: RLConfig):
+    """``(model, processor, adapter)`` of the start policy ``cfg.sft`` (a LoRA adapter is merged)."""
+    from unirg.plugin.infer import load_model
+
+    if not cfg.sft:
+        raise RLConfigError("no start policy: pass --sft PATH (the directory `unirg-trainer sft` wrote)")
+    device = "cpu" if cfg.use_cpu else str(cfg.device)
+    report_model = load_model(cfg.sft, device=device, dtype=_dtype(cfg), merge_adapter=True)
+    if report_model.adapter.name == "maira2":
+        raise RLConfigError("MAIRA-2 builds its own prompt (remote code); RL supports the shared-prompt families "
+                            "(Qwen3-VL, Qwen2.5-VL, Gemma 3, LLaVA)")
+    model = report_model.model
+    model.train()
+    return model, report_model.processor, report_model.adapter
+
+
+def lora_config(cfg: RLConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+
+
+class ZeroStdMonitor(TrainerCallback):
+    """Warns when ``frac_reward_zero_std`` (share of groups whose rollouts all got the same reward, i.e. no
+    gradient) stays above ``threshold`` for ``patience`` logging steps, with what to change."""
+
+    def __init__(self, threshold: float = 0.5, patience: int = 3) -> None:
+        self.threshold = threshold
+        self.patience = patience
+        self.streak = 0
+        self.warnings = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        value = (logs or {}).get("frac_reward_zero_std")
+        if value is None:
+            return
+        self.streak = self.streak + 1 if value > self.threshold else 0
+        if self.streak == self.patience:
+            self.warnings += 1
+            logger.warning(
+                "frac_reward_zero_std = %.2f for %d logging steps: most GRPO groups have identical rewards and give "
+                "no gradient. Raise temperature (1.0) or num_generations (16), add a dense reward component "
+                "(bertscore/embedding_cosine, radgraph), or check that completions are not all truncated/empty.",
+                value, self.patience)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RLSetup:
+    """Everything :func:`build_trainer` assembled (for inspection and tests)."""
+
+    config: RLConfig
+    trainer: Any
+    specs: list[RewardSpec]
+    processor: Any
+    adapter: Any
+    train_samples: int
+    run_dir: Path
+
+
+def _trl_args(cfg: RLConfig, specs: Sequence[RewardSpec], run_dir: Path):
+    args = copy.copy(cfg)  # same values; TRL's output_dir is the checkpoints folder
+    args.output_dir = str(run_dir / "checkpoints")
+    args.reward_weights = [s.effective_weight for s in specs]
+    return args.to_trl()
+
+
+def build_trainer(cfg: RLConfig, *, samples: Sequence | None = None) -> RLSetup:
+    """The TRL trainer for ``cfg`` (data, reward, policy, LoRA), not yet trained."""
+    from trl import GRPOTrainer, RLOOTrainer
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    specs = resolve_rewards(cfg)
+    funcs = build_reward_funcs(specs, cfg.judge)  # fails early (JudgeNotConfigured) before loading anything big
+    samples = list(samples) if samples is not None else load_samples(cfg)
+    references = [format_target(s.findings, s.impression) for s in samples]
+    _apply_scaling(cfg, specs, funcs, references)
+    logger.info("%s", reward_table(specs))
+    for spec in specs:
+        if not spec.real:
+            logger.warning("reward %s: %s; its scores are not comparable with the published metric",
+                           spec.key, spec.description)
+    model, processor, adapter = load_policy(cfg)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = build_dataset(samples, adapter, size=cfg.image_size, longitudinal=cfg.longitudinal,
+                            cache_dir=run_dir / "checkpoints" / ".dataset-cache")
+    args = _trl_args(cfg, specs, run_dir)
+    trainer_cls = GRPOTrainer if cfg.algorithm == "grpo" else RLOOTrainer
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=lora_config(cfg) if cfg.use_lora else None,
+        callbacks=[ZeroStdMonitor(cfg.zero_std_warning)],
+    )
+    return RLSetup(config=cfg, trainer=trainer, specs=specs, processor=processor, adapter=adapter,
+                   train_samples=len(samples), run_dir=run_dir)
+
+
+@dataclass
+class RLResult:
+    """What :func:`train_rl` did."""
+
+    out_dir: Path
+    manifest: dict
+    log_history: list[dict]
+    rewards: list[dict]
+    train_samples: int
+    global_step: int
+    wall_s: float
+
+    def metric(self, name: str) -> list[float]:
+        """Values of a logged metric over the steps (e.g. ``"frac_reward_zero_std"``)."""
+        return [h[name] for h in self.log_history if name in h]
+
+
+def _last_checkpoint(directory: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(found) if directory.is_dir() and (found := get_last_checkpoint(str(directory))) else None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _save_outputs(setup: RLSetup, cfg: RLConfig) -> dict:
+    """Adapter to ``OUT/adapter``, merged policy + processor + manifest to ``OUT``."""
+    from unirg.trainer.sft import save_model_dir, write_manifest
+
+    run_dir, trainer = setup.run_dir, setup.trainer
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    sft = Path(cfg.sft)
+    name = f"{sft.resolve().name}-{cfg.preset or cfg.algorithm}"
+    extra = {"stage": "rl", "preset": cfg.preset, "algorithm": cfg.algorithm, "start_policy": str(sft.resolve()),
+             "global_step": trainer.state.global_step}
+    if hasattr(model, "peft_config"):
+        sft_is_full = (sft / "config.json").is_file()
+        adapter_dir = run_dir / "adapter"
+        if sft_is_full:
+            save_model_dir(model, setup.processor, adapter_dir, name=f"{name}-adapter", base_dir=sft.resolve(),
+                           version=None, **extra)
+        else:  # the start policy only exists merged in memory: keep the adapter weights without a loadable base
+            model.save_pretrained(adapter_dir)
+        model = model.merge_and_unload()
+    manifest = save_model_dir(model, setup.processor, run_dir, name=name, **extra)
+    return write_manifest(run_dir, name=name, version=f"rl-{manifest['weights_sha256'][:12]}", **extra)
+
+
+def train_rl(cfg: RLConfig, *, resume: bool | str | None = None, samples: Sequence | None = None,
+             setup: RLSetup | None = None) -> RLResult:
+    """Train as ``cfg`` says; ``resume=True`` continues from the last checkpoint in ``OUT/checkpoints``
+    (or from the checkpoint directory given). Returns an :class:`RLResult`; the model lands in ``OUT``.
+
+    ``setup`` is a trainer already made by :func:`build_trainer` (to inspect it before training)."""
+    started = time.monotonic()
+    setup = setup or build_trainer(cfg, samples=samples)
+    checkpoint: str | None = None
+    if resume:
+        found = Path(resume) if isinstance(resume, str) else _last_checkpoint(setup.run_dir / "checkpoints")
+        if found is None or not found.is_dir():
+            raise RLConfigError(f"--resume: no checkpoint in {setup.run_dir / 'checkpoints'} (a run saves one "
+                                "every save_steps steps); start without --resume")
+        checkpoint = str(found)
+        logger.info("resuming from %s", checkpoint)
+    setup.trainer.train(resume_from_checkpoint=checkpoint)
+    manifest = _save_outputs(setup, cfg)
+    history = list(setup.trainer.state.log_history)
+    result = RLResult(out_dir=setup.run_dir, manifest=manifest, log_history=history,
+                      rewards=[s.row() for s in setup.specs], train_samples=setup.train_samples,
+                      global_step=setup.trainer.state.global_step, wall_s=time.monotonic() - started)
+    summary = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "settings": _jsonable(cfg.summary()),
+        "rewards": result.rewards,
+        "train_samples": result.train_samples,
+        "global_step": result.global_step,
+        "resumed_from": checkpoint,
+        "wall_s": round(result.wall_s, 1),
+        "versions": _versions(),
+        "log_history": _jsonable(history),
+    }
+    (setup.run_dir / "rl_run.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
