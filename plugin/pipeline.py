@@ -38,11 +38,12 @@ Policy for flagged drafts (``Draft.flags``)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -388,3 +389,39 @@ def draft_studies(
         except DraftRejected as exc:
             items[index] = BatchItem(draft, None, exc)
     return [item for item in items if item is not None]
+
+
+def model_source(path: str | os.PathLike[str] | None) -> Any:
+    """What ``[model] path`` names, as a :class:`~unirg.plugin.infer.reload.ModelWatcher`.
+
+    A checkpoint (it has ``config.json``) is served as is; any other folder is a publish
+    directory (``unirg-trainer publish --to``) whose new versions are swapped in between jobs,
+    with the default model served until the first publish.
+    """
+    from unirg.plugin.infer.reload import ModelWatcher
+
+    target = Path(path) if path else default_model_path()
+    if (target / "config.json").is_file():
+        return ModelWatcher(target / ".unirg-publish", fallback=target)
+    return ModelWatcher(target, fallback=default_model_path())
+
+
+def make_process_study(config: Any) -> Callable[[list[Dataset], Any], Dataset]:
+    """The worker's ``process_study(current, priors) -> SR`` (``[worker] pipeline`` default).
+
+    Each job holds one model reference (hot reload happens between jobs). When the priors
+    could not be had (``priors.reason``, e.g. the PACS was down), the SR's comparison says so.
+    """
+    watcher = model_source(getattr(config.model, "path", "") or None)
+
+    def process_study(current: list[Dataset], priors: Any) -> Dataset:
+        watcher.maybe_reload()
+        with watcher.job() as model:
+            prepared = prepare_study(current, list(priors))
+            [draft] = model.draft([prepared.study_input], GenerationConfig())
+        reason = getattr(priors, "reason", None)
+        if reason and not prepared.prior_evidence:
+            draft = dataclasses.replace(draft, comparison=f"No prior available: {reason}.")
+        return sr_from_draft(draft, prepared)
+
+    return process_study

@@ -42,3 +42,6 @@ fi
 
 # The OHIF viewer (pinned @ohif/app dist/ from npm) and Debian chromium for the browser tests.
 "$ROOT/scripts/install-viewer.sh"
+
+# The default model: a tiny Qwen3-VL trained on the synthetic testbed (once, when absent; ~7 min).
+"$ROOT/scripts/build-demo-model.sh"
