@@ -419,6 +419,9 @@ def make_process_study(config: Any) -> Callable[[list[Dataset], Any], Dataset]:
         with watcher.job() as model:
             prepared = prepare_study(current, list(priors))
             [draft] = model.draft([prepared.study_input], GenerationConfig())
+        # the prompt carries report text (prior report, indication), never patient names
+        logger.debug("event=prompt study=%s model=%s prompt=%r", prepared.study_uid,
+                     draft.model_info.version, draft.prompt_text)
         reason = getattr(priors, "reason", None)
         if reason and not prepared.prior_evidence:
             draft = dataclasses.replace(draft, comparison=f"No prior available: {reason}.")

@@ -394,3 +394,39 @@ def test_pipeline_testbed_patient_latest_study_gets_a_draft_comparing_with_the_s
     prior_report = read_report(dcmread(tb / prior["report_sr"]))
     assert prior_report.findings and prior_report.findings in read_report(sr).comparison
     assert {item.StudyInstanceUID for item in sr.PertinentOtherEvidenceSequence} == {prior["study_uid"]}
+
+
+@pytest.mark.skipif(_generate_testbed() is None, reason="unirg.trainer.synth.generate_testbed not available")
+def test_model_demo_model_drafts_a_testbed_study_with_the_prior_from_orthanc(run, orthanc_factory, tmp_path,
+                                                                             validate_sr):
+    """The real pipeline and the set-up's demo model (no stub): storescu in, the prior and its signed
+    report pulled from Orthanc into the prompt, the model's draft back in Orthanc as a valid SR."""
+    from unirg.plugin.pipeline import default_model_path
+    from unirg.sr_writer import read_report
+
+    model = default_model_path()
+    assert (model / "config.json").is_file(), f"demo model missing at {model}: run scripts/build-demo-model.sh"
+    tb = tmp_path / "testbed"
+    records = _generate_testbed()(tb, patients=6, seed=3, size=128)
+    latest = next(r for r in reversed(records) if r["prior_study_uid"])
+    prior = next(r for r in records if r["study_uid"] == latest["prior_study_uid"])
+    orthanc = orthanc_factory()
+    orthanc.upload(*[tb / img["path"] for img in prior["images"]], tb / prior["report_sr"])
+    cfg = run.config(priors={"pacs": orthanc.peer}, store={"destinations": [orthanc.peer]},
+                     worker={"pipeline": "unirg.plugin.pipeline:make_process_study"},
+                     model={"path": str(model)}, logging={"level": "DEBUG"})
+    run.listen(cfg)
+    profile = storescu_profile(tmp_path / "storescu.cfg", sorted({i["transfer_syntax"] for i in latest["images"]}))
+    sent = storescu([tb / img["path"] for img in latest["images"]], run.port, extra=profile)
+    assert sent.returncode == 0 and storescu_successes(sent.stdout + sent.stderr) == len(latest["images"])
+
+    (sr,) = sr_from_orthanc(orthanc, latest["study_uid"])
+    path = tmp_path / "draft.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    validate_sr(path)
+    text = read_report(sr)
+    assert text.is_draft and text.observer_type == "DEVICE" and text.findings
+    assert "unirg-demo" in {item.ManufacturerModelName for item in sr.ContributingEquipmentSequence}
+    assert {item.StudyInstanceUID for item in sr.PertinentOtherEvidenceSequence} == {prior["study_uid"]}
+    prior_findings = " ".join(read_report(dcmread(tb / prior["report_sr"])).findings.split())
+    assert prior_findings in run.log_text()  # the signed prior report reached the model's prompt
