@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,14 +234,24 @@ class StudyLedger:
     def create_schema(self) -> None:
         metadata.create_all(self.engine, checkfirst=True)
 
-    def record_instance(self, info: InstanceInfo, path: str, calling_ae: str = "") -> str:
+    @contextmanager
+    def _tx(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.begin() as c:
+            yield c
+
+    def record_instance(self, info: InstanceInfo, path: str, calling_ae: str = "", *,
+                        conn: Connection | None = None) -> str:
         """Record an instance whose file is already safely on disk; return its status.
 
         ``"stored"`` (part of the study), ``"skipped"`` (not a CR/DX image) or ``"late"`` (new image
         after the study was queued, policy ``ignore``). With policy ``rerun`` a late image re-opens
         the study under the next revision. Re-sending a known instance only refreshes its row.
+        Pass ``conn`` to record inside the caller's transaction (e.g. a batch of instances).
         """
-        with self.engine.begin() as c:
+        with self._tx(conn) as c:
             now = db_now(c)
             # Create the study row if new (race-free on PostgreSQL), then lock it: every instance of
             # one study is recorded serially from here on.
@@ -380,8 +391,12 @@ class Assembler:
         #: Called (no arguments) after a job is enqueued, e.g. to wake in-process workers.
         self.on_ready: list[Callable[[], None]] = []
 
-    def check(self, study_uid: str) -> Verdict:
-        """Assess one collecting study and act on the verdict (idempotent, safe from many threads)."""
+    def check(self, study_uid: str, *, stable: bool = False) -> Verdict:
+        """Assess one collecting study and act on the verdict (idempotent, safe from many threads).
+
+        ``stable=True``: the PACS says no more instances are coming (Orthanc's STABLE_STUDY), so the
+        study is assessed as if the inactivity timeout had passed.
+        """
         with self.ledger.engine.begin() as c:
             study = c.execute(
                 select(studies).where(studies.c.study_uid == study_uid).with_for_update()
@@ -394,7 +409,7 @@ class Assembler:
             ).all()
             verdict = assess_study(
                 [_info_from_row(r) for r in rows],
-                idle_s=now - study.last_received,
+                idle_s=max(now - study.last_received, self.config.inactivity_timeout_s if stable else 0.0),
                 expected_views=self.config.expected_views,
                 inactivity_timeout_s=self.config.inactivity_timeout_s,
             )

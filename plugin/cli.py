@@ -4,8 +4,10 @@ import logging
 
 import click
 
+from unirg.plugin.demo import demo
 from unirg.plugin.draft_cli import draft
 from unirg.plugin.listen_cli import listen, status, worker
+from unirg.plugin.orthanc_cli import orthanc
 from unirg.plugin.viewer import viewer
 from unirg.sr_writer.cli import sr
 
@@ -20,7 +22,9 @@ def main(verbose: int) -> None:
 
     \b
     Typical use:
-      unirg sr --study STUDY_DIR --findings "..." --impression "..." --out draft.dcm
+      unirg demo                          # Orthanc + plugin + worker + OHIF, one study drafted
+      unirg draft STUDY_DIR --out drafts/ # one study from files, default demo model
+      unirg listen --port 11112 ...       # DICOM C-STORE listener
     """
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
@@ -34,3 +38,5 @@ main.add_command(viewer)
 main.add_command(listen)
 main.add_command(worker)
 main.add_command(status)
+main.add_command(orthanc)
+main.add_command(demo)

@@ -4,7 +4,7 @@ Three layers, later ones win:
 
 1. the defaults below (every field carries a ``doc`` in its metadata; ``example_toml()`` prints them all),
 2. a TOML file (``unirg.toml``) with one table per section: ``[listener]``, ``[tls]``, ``[assembly]``,
-   ``[queue]``, ``[priors]``, ``[store]``, ``[worker]``, ``[model]``, ``[logging]``,
+   ``[queue]``, ``[priors]``, ``[store]``, ``[worker]``, ``[model]``, ``[logging]``, ``[orthanc]``,
 3. environment variables ``UNIRG_<SECTION>_<KEY>`` (e.g. ``UNIRG_LISTENER_PORT=11113``,
    ``UNIRG_QUEUE_URL=postgresql://...``); lists are comma-separated, booleans 1/0/true/false/yes/no.
 
@@ -33,6 +33,7 @@ __all__ = [
     "WorkerConfig",
     "ModelConfig",
     "LoggingConfig",
+    "OrthancConfig",
     "Config",
     "ConfigError",
     "load_config",
@@ -314,6 +315,76 @@ class LoggingConfig:
             raise ConfigError(f"logging.format: {self.format!r}; use 'text' or 'json'")
 
 
+@dataclass
+class OrthancConfig:
+    """``[orthanc]``: the Orthanc that `unirg orthanc` starts (or an existing one) and its workers read."""
+
+    url: str = _doc(
+        "REST base URL the workers use. Empty: http://127.0.0.1:<http_port> (the Orthanc `unirg orthanc` starts).", ""
+    )
+    http_port: int = _doc("HTTP port (REST, DICOMweb, /unirg/ routes) of the Orthanc `unirg orthanc` starts; loopback only.",
+                          8042)
+    dicom_port: int = _doc("DICOM port of that Orthanc (studies in by C-STORE; all interfaces).", 4242)
+    aet: str = _doc("That Orthanc's AE title (also the C-MOVE destination of priors from remote modalities).", "UNIRG")
+    user: str = _doc(
+        "HTTP basic-auth user. With a password, `unirg orthanc` turns Orthanc's authentication on for this "
+        "account and the workers use it. Empty: authentication off (loopback only).",
+        "",
+    )
+    password: str = _doc("Its password; prefer the UNIRG_ORTHANC_PASSWORD variable to the file.", "")
+    stable_age_s: int = _doc(
+        "Seconds without a new instance after which Orthanc calls a study stable; it is then drafted with what it has.",
+        10,
+    )
+    modalities: list[str] = _doc(
+        "Remote DICOM nodes `unirg orthanc` declares in Orthanc, NAME=AET@HOST:PORT each (for C-FIND / C-MOVE of priors).",
+        factory=list,
+    )
+    priors_modalities: list[str] = _doc(
+        "Names of declared modalities to query for priors (C-FIND, then C-MOVE into Orthanc, through its REST API). "
+        "Priors Orthanc already holds are always used.",
+        factory=list,
+    )
+    timeout_s: float = _doc("Seconds for one REST request of a worker to Orthanc.", 60.0)
+
+    def __post_init__(self) -> None:
+        _check_ae_title(self.aet, "orthanc.aet")
+        for key in ("http_port", "dicom_port"):
+            if not 0 < getattr(self, key) < 65536:
+                raise ConfigError(f"orthanc.{key}: {getattr(self, key)} out of range 1-65535")
+        if self.http_port == self.dicom_port:
+            raise ConfigError("orthanc.http_port and orthanc.dicom_port must differ")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"orthanc.url: {self.url!r}; expected http(s)://host:port")
+        if self.user and not self.password:
+            raise ConfigError(f"orthanc.user {self.user!r} needs orthanc.password (set UNIRG_ORTHANC_PASSWORD)")
+        if self.stable_age_s < 1:
+            raise ConfigError("orthanc.stable_age_s must be at least 1")
+        if self.timeout_s <= 0:
+            raise ConfigError("orthanc.timeout_s must be positive")
+        self.modality_peers  # validates NAME=AET@HOST:PORT
+        if any(not n.strip() for n in self.priors_modalities):
+            raise ConfigError("orthanc.priors_modalities: empty name")
+
+    @property
+    def base_url(self) -> str:
+        return (self.url or f"http://127.0.0.1:{self.http_port}").rstrip("/")
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        return (self.user, self.password) if self.user else None
+
+    @property
+    def modality_peers(self) -> dict[str, Peer]:
+        out = {}
+        for item in self.modalities:
+            name, sep, peer = item.partition("=")
+            if not sep or not name.strip():
+                raise ConfigError(f"orthanc.modalities: expected NAME=AET@HOST:PORT, got {item!r}")
+            out[name.strip()] = Peer.parse(peer, "orthanc.modalities")
+        return out
+
+
 _SECTIONS: dict[str, type] = {
     "listener": ListenerConfig,
     "tls": TLSConfig,
@@ -324,6 +395,7 @@ _SECTIONS: dict[str, type] = {
     "worker": WorkerConfig,
     "model": ModelConfig,
     "logging": LoggingConfig,
+    "orthanc": OrthancConfig,
 }
 
 
@@ -340,6 +412,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    orthanc: OrthancConfig = field(default_factory=OrthancConfig)
 
     @property
     def data_dir(self) -> Path:

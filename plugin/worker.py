@@ -27,10 +27,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence as DicomSequence
@@ -40,7 +40,10 @@ from unirg.plugin.priors import PriorsFetcher, PriorsResult
 from unirg.plugin.queue import Job, JobQueue
 from unirg.plugin.store import SRStore, StoreFailed
 
-__all__ = ["ProcessStudy", "PermanentJobError", "Worker", "revise_sr", "deterministic_uid", "default_worker_id"]
+__all__ = [
+    "ProcessStudy", "PermanentJobError", "InstanceSource", "DataDirSource", "Worker", "revise_sr",
+    "deterministic_uid", "default_worker_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,25 @@ ProcessStudy = Callable[[list[Dataset], PriorsResult], Dataset]
 
 class PermanentJobError(Exception):
     """Raise from a pipeline when retrying cannot help; the job is dead-lettered with the message."""
+
+
+class InstanceSource(Protocol):
+    """Where the worker reads a study's images from: the ledger's ``path`` of each image in, datasets out.
+
+    Raise on any failure; the job is then retried with backoff.
+    """
+
+    def read(self, paths: Sequence[str]) -> list[Dataset]: ...
+
+
+class DataDirSource:
+    """The listener's images: files under its data dir (the ledger's paths are relative to it)."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+
+    def read(self, paths: Sequence[str]) -> list[Dataset]:
+        return [dcmread(self.data_dir / p) for p in paths]
 
 
 def default_worker_id(suffix: str | int | None = None) -> str:
@@ -98,11 +120,14 @@ class Worker:
     process_study : ProcessStudy
         The pipeline.
     store : SRStore
-        Local copy + write-back.
+        Local copy + write-back (anything with ``store(sr) -> StoreOutcome`` raising ``StoreFailed``,
+        e.g. ``unirg.plugin.orthanc_source.OrthancSRStore``).
     data_dir : Path
         The listener's data dir as mounted here; the ledger's instance paths are relative to it.
     priors : PriorsFetcher | None
-        ``None``: no priors (each result says so).
+        ``None``: no priors (each result says so). Anything with ``fetch(current) -> PriorsResult``.
+    source : InstanceSource | None
+        Where images are read from; ``None``: files under ``data_dir`` (:class:`DataDirSource`).
     worker_id : str
         Name in leases and logs.
     poll_interval_s : float
@@ -120,6 +145,7 @@ class Worker:
         data_dir: str | Path,
         priors: PriorsFetcher | None = None,
         *,
+        source: InstanceSource | None = None,
         worker_id: str | None = None,
         poll_interval_s: float = 0.5,
         max_job_s: float = 3600.0,
@@ -130,6 +156,7 @@ class Worker:
         self.store = store
         self.data_dir = Path(data_dir)
         self.priors = priors
+        self.source = source if source is not None else DataDirSource(self.data_dir)
         self.worker_id = worker_id or default_worker_id()
         self.poll_interval_s = poll_interval_s
         self.max_job_s = max_job_s
@@ -219,7 +246,7 @@ class Worker:
                     self._fail(job, "no stored CR/DX image for this study", permanent=True)
                     return None
                 try:
-                    current = [dcmread(self.data_dir / p) for p in paths]
+                    current = self.source.read(paths)
                 except Exception as exc:
                     self._fail(job, f"cannot read a stored instance: {type(exc).__name__}: {exc}")
                     return None
