@@ -24,3 +24,31 @@ def run_validate_sr(*paths: Path) -> str:
 def validate_sr():
     """``validate_sr(path, ...)`` asserts dciodvfy, dsrdump and PixelMed all pass clean."""
     return run_validate_sr
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads; on shared CPUs two threads are far slower.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_tiny_sft(data: Path, out: Path, **overrides) -> Path:
+    """Train a tiny Qwen3-VL with ``unirg-trainer sft`` on the testbed ``data`` for a few steps."""
+    from unirg.trainer.sft import load_config, train_sft
+
+    settings = dict(
+        init="tiny-qwen3-vl", institutions="all", tiny_image_size=64, tiny_hidden_size=64, tiny_layers=2,
+        tiny_vision_hidden_size=32, batch_size=4, lr=5e-3, max_steps=20, eval_fraction=0, save_steps=0,
+        threads=1,
+    )
+    settings.update(overrides)
+    train_sft(load_config(None, data=str(data), out=str(out), **settings))
+    return out

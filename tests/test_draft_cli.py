@@ -6,21 +6,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import torch
 from click.testing import CliRunner
 
 from unirg.plugin.draft_cli import DEFAULT_MODEL_ENV, draft
 from unirg.sr_writer import read_report
+from conftest import train_tiny_sft
 
 synth = pytest.importorskip("unirg.trainer.synth")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +27,8 @@ def testbed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(testbed, tmp_path_factory):
-    from unirg.trainer.sft import load_config, train_sft
-
     root, _ = testbed
-    out = tmp_path_factory.mktemp("model") / "tiny-draft"
-    config = load_config(
-        None, data=str(root), out=str(out), init="tiny-qwen3-vl", institutions="all", tiny_image_size=64,
-        tiny_hidden_size=64, tiny_layers=2, tiny_vision_hidden_size=32, batch_size=4, lr=5e-3,
-        max_steps=20, eval_fraction=0, save_steps=0, threads=1, version="draft-test-1",
-    )
-    train_sft(config)
-    return out
+    return train_tiny_sft(root, tmp_path_factory.mktemp("model") / "tiny-draft", version="draft-test-1")
 
 
 def _study_dir(root: Path, record: dict) -> Path:

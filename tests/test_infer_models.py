@@ -30,14 +30,7 @@ FAMILIES = ["qwen3_vl", "qwen2_5_vl", "gemma3", "llava", "maira2"]
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on CPUs shared with other jobs
-    two spinning threads made these tests ~5x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,7 @@ from unirg.plugin.infer.tiny import build_tiny
 API_KEY = "test-key"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on CPUs shared with other jobs
-    two spinning threads made these tests ~5x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ChatCompletionsShim:

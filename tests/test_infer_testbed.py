@@ -10,7 +10,6 @@ import json
 
 import pydicom
 import pytest
-import torch
 
 from unirg.plugin.infer import GenerationConfig, StudyInput, load_model
 from unirg.plugin.infer.pixels import dataset_to_array
@@ -24,14 +23,7 @@ if not hasattr(synth, "generate_testbed"):
 FRONTAL, LATERAL = {"PA", "AP"}, {"LL", "LATERAL"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on CPUs shared with other jobs
-    two spinning threads made these tests ~5x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import datetime as dt
 
 import pydicom
 import pytest
-import torch
 from pydicom.dataset import Dataset
 
 from unirg.plugin.infer import GenerationConfig, load_model
@@ -28,6 +27,7 @@ from unirg.plugin.pipeline import (
     sr_from_draft,
 )
 from unirg.sr_writer import ReportSections, build_draft_sr, read_report
+from conftest import train_tiny_sft
 
 synth = pytest.importorskip("unirg.trainer.synth")
 
@@ -35,12 +35,7 @@ GEN = GenerationConfig(max_new_tokens=24, batch_size=4)
 WHEN = dt.datetime(2024, 1, 2, 3, 4, 5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +47,8 @@ def testbed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(testbed, tmp_path_factory):
-    from unirg.trainer.sft import load_config, train_sft
-
     root, _ = testbed
-    out = tmp_path_factory.mktemp("model") / "tiny"
-    config = load_config(
-        None, data=str(root), out=str(out), init="tiny-qwen3-vl", institutions="all", tiny_image_size=64,
-        tiny_hidden_size=64, tiny_layers=2, tiny_vision_hidden_size=32, batch_size=4, lr=5e-3,
-        max_steps=20, eval_fraction=0, save_steps=0, threads=1, version="test-1",
-    )
-    train_sft(config)
-    return load_model(out)
+    return load_model(train_tiny_sft(root, tmp_path_factory.mktemp("model") / "tiny", version="test-1"))
 
 
 def sr_model_versions(sr: Dataset) -> list[str]:

@@ -8,7 +8,6 @@ import threading
 
 import pydicom
 import pytest
-import torch
 from click.testing import CliRunner
 
 from unirg.plugin.infer import GenerationConfig
@@ -18,18 +17,14 @@ from unirg.plugin.pipeline import draft_study
 from unirg.trainer import publish as publish_module
 from unirg.trainer.publish import PublishError, publish_model
 from unirg.trainer.train_cli import publish as publish_command
+from conftest import train_tiny_sft
 
 synth = pytest.importorskip("unirg.trainer.synth")
 
 GEN = GenerationConfig(max_new_tokens=12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +37,12 @@ def testbed(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(testbed, tmp_path_factory):
     """Two trained tiny models with different weights (different seeds)."""
-    from unirg.trainer.sft import load_config, train_sft
 
     root, _ = testbed
     models = {}
     for seed in (0, 1):
         out = tmp_path_factory.mktemp("models") / f"seed{seed}"
-        config = load_config(
-            None, data=str(root), out=str(out), init="tiny-qwen3-vl", institutions="all", tiny_image_size=64,
-            tiny_hidden_size=64, tiny_layers=2, tiny_vision_hidden_size=32, batch_size=4, lr=5e-3,
-            max_steps=8, eval_fraction=0, save_steps=0, threads=1, seed=seed,
-        )
-        train_sft(config)
-        models[seed] = out
+        models[seed] = train_tiny_sft(root, out, max_steps=8, seed=seed)
     assert model_weights_sha256(models[0]) != model_weights_sha256(models[1])
     return models
 
