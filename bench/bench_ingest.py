@@ -125,6 +125,7 @@ def one_run(mode: str, files: list[Path], warmup: list[Path], work: Path, model_
     cfg = apply_overrides(load_config(None, env={}), {
         "listener.data_dir": str(work / mode), "orthanc.http_port": free_port(), "orthanc.dicom_port": free_port(),
         "orthanc.stable_age_s": 2, "queue.poll_interval_s": 0.2, "logging.level": "WARNING",
+        "orthanc.modalities": ["bench=BENCH@127.0.0.1:104"],  # storescu's AE title: allowed to store
     })
     plugin = mode == "with"
     stack = OrthancStack(cfg, workers=1 if plugin else 0, plugin=plugin,

@@ -44,7 +44,8 @@ from unirg.plugin.orthanc_events import OrthancLogHandler, OrthancPlugin, Plugin
 from unirg.plugin.orthanc_routes import PATTERNS, Routes  # noqa: E402
 
 plugin = OrthancPlugin.from_orthanc_configuration(_CONFIGURATION, PluginRest(orthanc))
-routes = Routes(plugin)
+# POST routes (rerun) refuse to work unless Orthanc authenticates HTTP requests.
+routes = Routes(plugin, authentication=bool(_CONFIGURATION.get("AuthenticationEnabled")))
 OrthancLogHandler.install(orthanc, plugin.config.logging.level)
 _CHANGE_NAMES = {int(getattr(orthanc.ChangeType, n)): n for n in dir(orthanc.ChangeType) if n.isupper()}
 

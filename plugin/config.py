@@ -211,7 +211,18 @@ class PriorsConfig:
 
     pacs: str = _doc("PACS to query, AET@HOST:PORT. Empty: drafts are made without priors.", "")
     calling_ae_title: str = _doc("Our AE title towards the PACS. Empty: listener.ae_title.", "")
-    max_priors: int = _doc("Most recent earlier CR/DX studies to retrieve.", 1)
+    max_priors: int = _doc("Most recent earlier CR/DX studies to retrieve (dcm4chee's priors=N).", 1)
+    max_age: str = _doc(
+        "Only priors at most this much older than the current study: a number and Y, M, W or D "
+        "('5Y', '18M', '90D'; dcm4chee's StudyAge=-5Y). Empty: no age limit.",
+        "",
+    )
+    skip_local: bool = _doc(
+        "Do not retrieve again what is already held locally: the listener reads a prior's images from its "
+        "data dir when it received them (the prior's report SRs are still asked of the PACS); the Orthanc "
+        "worker uses a prior Orthanc holds without C-MOVEing it again. false: always retrieve.",
+        True,
+    )
     retrieve: str = _doc(
         "'get' (C-GET on the query association) or 'move' (C-MOVE to a short-lived SCP at "
         "move_ae_title/move_port, which the PACS must know).",
@@ -219,6 +230,11 @@ class PriorsConfig:
     )
     move_ae_title: str = _doc("AE title of our C-MOVE destination (retrieve = 'move').", "UNIRG_PRIORS")
     move_port: int = _doc("Port of our C-MOVE destination SCP (retrieve = 'move'); one per worker.", 11113)
+    move_bind_address: str = _doc(
+        "Address our C-MOVE destination listens on: the interface the PACS reaches us by (it accepts only the "
+        "PACS's AE title, and only instances of the series it asked for). 0.0.0.0: every interface.",
+        "127.0.0.1",
+    )
     connect_timeout_s: float = _doc("Seconds to open the TCP connection to the PACS.", 5.0)
     acse_timeout_s: float = _doc("Seconds to wait for the PACS to accept the association.", 10.0)
     dimse_timeout_s: float = _doc("Seconds to wait for each C-FIND/C-GET/C-MOVE response.", 30.0)
@@ -234,6 +250,12 @@ class PriorsConfig:
             raise ConfigError(f"priors.retrieve: {self.retrieve!r}; use 'get' or 'move'")
         if self.max_priors < 0:
             raise ConfigError("priors.max_priors must be 0 or more")
+        from unirg.plugin.prior_policy import parse_age
+
+        try:
+            parse_age(self.max_age)
+        except ValueError as exc:
+            raise ConfigError(f"priors.max_age: {exc}") from None
 
     @property
     def peer(self) -> Peer | None:
@@ -298,6 +320,17 @@ class ModelConfig:
     """``[model]``: the report model the pipeline loads."""
 
     path: str = _doc("Checkpoint directory of the report model (read by the pipeline factory).", "")
+    trust_remote_code: bool = _doc(
+        "Run Python code shipped inside the checkpoint (MAIRA-2 needs it; also --trust-remote-code). Read the "
+        "checkpoint's *.py files first. Off: such a checkpoint is refused; other families never run remote code.",
+        False,
+    )
+    demo_model: bool = _doc(
+        "Allow the synthetic demo model (var/models/unirg-demo, trained on synthetic data only) when no "
+        "model is configured (--demo-model). Off: `unirg listen|worker|orthanc` refuse to start without "
+        "[model] path, $UNIRG_MODEL, --model or a [worker] pipeline of your own.",
+        False,
+    )
 
 
 @dataclass
@@ -327,8 +360,8 @@ class OrthancConfig:
     dicom_port: int = _doc("DICOM port of that Orthanc (studies in by C-STORE; all interfaces).", 4242)
     aet: str = _doc("That Orthanc's AE title (also the C-MOVE destination of priors from remote modalities).", "UNIRG")
     user: str = _doc(
-        "HTTP basic-auth user. With a password, `unirg orthanc` turns Orthanc's authentication on for this "
-        "account and the workers use it. Empty: authentication off (loopback only).",
+        "HTTP basic-auth user of the Orthanc `unirg orthanc` starts (authentication is always on there) and "
+        "of its workers. Empty: 'unirg', with a generated password printed once at start unless one is given.",
         "",
     )
     password: str = _doc("Its password; prefer the UNIRG_ORTHANC_PASSWORD variable to the file.", "")
@@ -337,12 +370,23 @@ class OrthancConfig:
         10,
     )
     modalities: list[str] = _doc(
-        "Remote DICOM nodes `unirg orthanc` declares in Orthanc, NAME=AET@HOST:PORT each (for C-FIND / C-MOVE of priors).",
+        "Remote DICOM nodes `unirg orthanc` declares in Orthanc, NAME=AET@HOST:PORT each: the only calling AE "
+        "titles Orthanc accepts C-STOREs from, and the PACS to C-FIND / C-MOVE priors from.",
         factory=list,
+    )
+    accept_unknown_scu: bool = _doc(
+        "UNSAFE: let any calling AE title C-STORE into Orthanc (DicomAlwaysAllowStore), not only the declared "
+        "modalities. Only for a firewalled test set-up.",
+        False,
+    )
+    check_modality_host: bool = _doc(
+        "Also require a declared modality's C-STORE to come from its HOST (DicomCheckModalityHost; HOST must "
+        "then be the IP address it connects from). Off: Orthanc checks the calling AE title only.",
+        False,
     )
     priors_modalities: list[str] = _doc(
         "Names of declared modalities to query for priors (C-FIND, then C-MOVE into Orthanc, through its REST API). "
-        "Priors Orthanc already holds are always used.",
+        "Priors Orthanc already holds are used as they are (see [priors] skip_local).",
         factory=list,
     )
     timeout_s: float = _doc("Seconds for one REST request of a worker to Orthanc.", 60.0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from pydicom.dataset import Dataset
 
+from unirg.plugin.paths import path_under, safe_component
 from unirg.plugin.pipeline import DEFAULT_MODEL_ENV, default_model_path
 
 __all__ = ["DEFAULT_MODEL_ENV", "default_model_path", "draft", "read_study_files"]
@@ -76,7 +77,10 @@ def _priors(paths: tuple[Path, ...], patient_id: str, study_uid: str):
               help="> 1 damps the loops small models fall into.")
 @click.option("--indication", help="Reason for the exam (default: read from the image header).")
 @click.option("--device", help="cpu or cuda (default: cuda when available).")
-def draft(study, priors, model_path, out_dir, max_new_tokens, repetition_penalty, indication, device) -> None:
+@click.option("--trust-remote-code", is_flag=True, envvar="UNIRG_MODEL_TRUST_REMOTE_CODE",
+              help="Run Python code shipped in the model checkpoint (MAIRA-2 needs it). Read its *.py files first.")
+def draft(study, priors, model_path, out_dir, max_new_tokens, repetition_penalty, indication, device,
+          trust_remote_code) -> None:
     """Draft the report of STUDY (its files or folder) and write a research-labelled SR.
 
     \b
@@ -107,7 +111,10 @@ def draft(study, priors, model_path, out_dir, max_new_tokens, repetition_penalty
                                       batch_size=1)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    model = load_model(path, device=device)
+    try:
+        model = load_model(path, device=device, trust_remote_code=trust_remote_code)
+    except ValueError as exc:  # RemoteCodeNotTrusted, WeightsMismatch, UnsupportedModel: say what to do
+        raise click.ClickException(str(exc)) from None
     try:
         result, sr = draft_study(model, current, prior_studies, generation, indication=indication)
     except StudySkipped as exc:
@@ -115,7 +122,7 @@ def draft(study, priors, model_path, out_dir, max_new_tokens, repetition_penalty
     except (DraftRejected, SRInputError) as exc:
         raise click.ClickException(str(exc)) from None
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = write_dataset_atomic(sr, out_dir / f"{sr.SOPInstanceUID}.dcm")
+    target = write_dataset_atomic(sr, path_under(out_dir, safe_component(sr.SOPInstanceUID) + ".dcm"))
     prior_note = ""
     if prior_studies:
         used = [ref for ref in sr.get("PertinentOtherEvidenceSequence", [])]

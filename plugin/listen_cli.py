@@ -5,6 +5,10 @@ run standalone: ``python -m unirg.plugin.listen_cli listen --config unirg.toml``
 
 Flags follow the DCMTK tools: ``--port``, ``--ae-title``, ``--data-dir``, ``--allow-ae AET`` (repeatable),
 ``--pacs AET@HOST:PORT``, ``--destination AET@HOST:PORT`` (repeatable), ``--model PATH``, ``--no-worker``.
+
+A service that drafts refuses to start unless a model is configured (``--model``, ``[model] path``,
+``$UNIRG_MODEL``), a ``[worker] pipeline`` of one's own is set, or ``--demo-model`` (``[model] demo_model``)
+allows the synthetic demo model: real studies are never drafted by it silently.
 """
 
 from __future__ import annotations
@@ -12,24 +16,35 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
 
 from unirg.plugin.assemble import Assembler, StudyLedger
-from unirg.plugin.config import Config, ConfigError, LoggingConfig, apply_overrides, example_toml, load_config
-from unirg.plugin.priors import PriorsFetcher
+from unirg.plugin.config import (
+    Config,
+    ConfigError,
+    LoggingConfig,
+    WorkerConfig,
+    apply_overrides,
+    example_toml,
+    load_config,
+)
+from unirg.plugin.priors import LocalPriors, PriorsFetcher
 from unirg.plugin.queue import JobQueue, make_engine
 from unirg.plugin.receive import InstanceSink, Listener
 from unirg.plugin.store import SRStore
 from unirg.plugin.worker import ProcessStudy, Worker, default_worker_id
 
-__all__ = ["listen", "worker", "status", "cli", "Services", "open_services", "load_pipeline", "Service"]
+__all__ = ["listen", "worker", "status", "cli", "Services", "open_services", "load_pipeline", "require_model",
+           "Service", "NO_MODEL_MESSAGE"]
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +106,63 @@ def open_services(config: Config) -> Services:
     return Services(config, queue, ledger)
 
 
+NO_MODEL_MESSAGE = (
+    "no report model configured: pass --model PATH, set [model] path in unirg.toml or $UNIRG_MODEL to a "
+    "checkpoint, or pass --demo-model ([model] demo_model = true) to draft with the synthetic demo model "
+    "(trained on synthetic data only; never for real studies)"
+)
+
+
+def require_model(config: Config) -> bool:
+    """Check that the drafting pipeline has a model; ``True`` when the synthetic demo model will be used.
+
+    Configured: ``[model] path`` (``--model``, ``UNIRG_MODEL_PATH``), ``$UNIRG_MODEL``, or a ``[worker]
+    pipeline`` other than the default (it brings its own model). Otherwise ``[model] demo_model``
+    (``--demo-model``) must allow the demo model, else :class:`ConfigError` with :data:`NO_MODEL_MESSAGE`.
+    """
+    from unirg.plugin.pipeline import DEFAULT_MODEL_ENV
+
+    if config.model.path:
+        _require_published(Path(config.model.path), config.model.demo_model)
+        return False
+    if os.environ.get(DEFAULT_MODEL_ENV):
+        return False
+    if config.worker.pipeline != WorkerConfig().pipeline:
+        return False
+    if not config.model.demo_model:
+        raise ConfigError(NO_MODEL_MESSAGE)
+    return True
+
+
+def _require_published(path: Path, demo_model: bool) -> None:
+    """A publish directory with nothing published yet would serve no model: refuse to start,
+    unless ``--demo-model`` lets the synthetic demo model stand in until the first publish."""
+    from unirg.plugin.infer.reload import read_current
+
+    if (path / "config.json").is_file() or demo_model:
+        return
+    try:
+        published = read_current(path) if path.is_dir() else None
+    except ValueError as exc:  # a broken pointer: the watcher logs it and refuses it at load time
+        log.warning("event=publish_pointer_invalid path=%s reason=%r", path, str(exc))
+        return
+    if published is None:
+        raise ConfigError(
+            f"[model] path {path} is neither a checkpoint (no config.json) nor a publish directory with a "
+            f"published version; publish one (unirg-trainer publish --model DIR --to {path}), point --model "
+            "at a checkpoint, or pass --demo-model to draft with the synthetic demo model until the first publish"
+        )
+
+
 def load_pipeline(config: Config) -> ProcessStudy:
-    """Import ``[worker] pipeline`` ('module:factory') and call ``factory(config)``."""
+    """Import ``[worker] pipeline`` ('module:factory') and call ``factory(config)``.
+
+    Raises :class:`ConfigError` when no model is configured and the demo model is not allowed
+    (:func:`require_model`).
+    """
+    if require_model(config):
+        log.warning("event=demo_model note='no model configured; --demo-model: drafting with the synthetic "
+                    "demo model, trained on synthetic data only'")
     module_name, _, attr = config.worker.pipeline.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
@@ -130,7 +200,7 @@ class Service:
                     self.services.queue, self.services.ledger, process_study,
                     SRStore(config.store, config.sr_dir, ae),
                     config.data_dir,
-                    PriorsFetcher(config.priors, ae),
+                    PriorsFetcher(config.priors, ae, local=LocalPriors(self.services.ledger, config.data_dir)),
                     worker_id=base if workers == 1 else f"{base}:{i}",
                     poll_interval_s=config.queue.poll_interval_s,
                     max_job_s=config.worker.max_job_s,
@@ -194,7 +264,13 @@ _queue_opt = click.option("--queue-url", help="Queue database URL (default: SQLi
 _pacs_opt = click.option("--pacs", metavar="AET@HOST:PORT", help="PACS to query/retrieve priors from.")
 _dest_opt = click.option("--destination", multiple=True, metavar="AET@HOST:PORT",
                          help="Write-back destination (repeatable); replaces [store] destinations.")
-_model_opt = click.option("--model", type=click.Path(), help="Report model checkpoint.")
+_model_opt = click.option("--model", type=click.Path(), help="Report model checkpoint ([model] path).")
+_demo_model_opt = click.option(
+    "--demo-model", is_flag=True, default=None,
+    help="No model configured: draft with the synthetic demo model var/models/unirg-demo (demo and tests only).")
+_trust_remote_code_opt = click.option(
+    "--trust-remote-code", is_flag=True, default=None,
+    help="Run Python code shipped in the model checkpoint (MAIRA-2 needs it; [model] trust_remote_code).")
 
 
 @click.command("listen")
@@ -207,12 +283,15 @@ _model_opt = click.option("--model", type=click.Path(), help="Report model check
 @_pacs_opt
 @_dest_opt
 @_model_opt
+@_demo_model_opt
+@_trust_remote_code_opt
 @_queue_opt
 @click.option("--no-worker", is_flag=True, help="Only receive and queue; run `unirg worker` separately.")
 @click.option("--example-config", is_flag=True, help="Print every setting with its default and exit.")
 def listen(config_path: str | None, port: int | None, ae_title: str | None, host: str | None,
            data_dir: str | None, allow_ae: tuple[str, ...], pacs: str | None, destination: tuple[str, ...],
-           model: str | None, queue_url: str | None, no_worker: bool, example_config: bool) -> None:
+           model: str | None, demo_model: bool | None, trust_remote_code: bool | None, queue_url: str | None,
+           no_worker: bool, example_config: bool) -> None:
     """Receive chest X-ray studies by C-STORE, queue them, and (by default) draft SRs in-process."""
     if example_config:
         click.echo(example_toml())
@@ -220,8 +299,9 @@ def listen(config_path: str | None, port: int | None, ae_title: str | None, host
     cfg = _config_from(config_path, {
         "listener.port": port, "listener.ae_title": ae_title, "listener.host": host,
         "listener.data_dir": data_dir, "listener.allow_ae": allow_ae, "priors.pacs": pacs,
-        "store.destinations": destination, "model.path": model, "queue.url": queue_url,
-        "worker.in_listener": False if no_worker else None,
+        "store.destinations": destination, "model.path": model, "model.demo_model": demo_model,
+        "model.trust_remote_code": trust_remote_code,
+        "queue.url": queue_url, "worker.in_listener": False if no_worker else None,
     })
     setup_logging(cfg.logging)
     workers = cfg.worker.threads if cfg.worker.in_listener else 0
@@ -239,18 +319,22 @@ def listen(config_path: str | None, port: int | None, ae_title: str | None, host
 @_pacs_opt
 @_dest_opt
 @_model_opt
+@_demo_model_opt
+@_trust_remote_code_opt
 @click.option("--ae-title", help="Our AE title towards the PACS and destinations.")
 @click.option("--threads", type=int, help="Worker threads in this process.")
 @click.option("--worker-id", help="Name in leases and logs (default host:pid).")
 @click.option("--drain", is_flag=True, help="Exit when no job is due instead of waiting for more.")
 def worker(config_path: str | None, data_dir: str | None, queue_url: str | None, pacs: str | None,
-           destination: tuple[str, ...], model: str | None, ae_title: str | None, threads: int | None,
+           destination: tuple[str, ...], model: str | None, demo_model: bool | None,
+           trust_remote_code: bool | None, ae_title: str | None,
+           threads: int | None,
            worker_id: str | None, drain: bool) -> None:
     """Process queued studies (run several, on one machine or several with a PostgreSQL queue)."""
     cfg = _config_from(config_path, {
         "listener.data_dir": data_dir, "queue.url": queue_url, "priors.pacs": pacs,
-        "store.destinations": destination, "model.path": model, "listener.ae_title": ae_title,
-        "worker.threads": threads, "worker.worker_id": worker_id,
+        "store.destinations": destination, "model.path": model, "model.demo_model": demo_model,
+        "model.trust_remote_code": trust_remote_code, "listener.ae_title": ae_title, "worker.threads": threads, "worker.worker_id": worker_id,
     })
     setup_logging(cfg.logging)
     try:

@@ -16,9 +16,13 @@
   to use an existing Orthanc (install the plugin there as orthanc/orthanc.json.template says);
 * ``--write-config FILE``: write the Orthanc configuration and exit.
 
-Orthanc's authentication is on when ``[orthanc] user`` and ``password`` (``UNIRG_ORTHANC_PASSWORD``)
-are set; workers use the same account. Ctrl-C (SIGINT) or SIGTERM stops the workers (a job cut short
-is taken up again at the next start: its lease expires) and then Orthanc.
+Orthanc's HTTP authentication is always on: the account is ``[orthanc] user`` / ``password``
+(``UNIRG_ORTHANC_PASSWORD``; a password alone gets the user ``unirg``), else user ``unirg`` with a
+generated password, printed once on stderr at start (not logged) and handed in-process to the workers.
+It is also in ``<data_dir>/orthanc/orthanc.json`` (mode 0600), which Orthanc must read. Only the
+declared modalities (``[orthanc] modalities``) may C-STORE unless ``[orthanc] accept_unknown_scu``.
+Ctrl-C (SIGINT) or SIGTERM stops the workers (a job cut short is taken up again at the next start:
+its lease expires) and then Orthanc.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import signal
 import sysconfig
 import threading
@@ -43,11 +48,14 @@ from unirg.plugin.orthanc_source import OrthancClient, make_orthanc_worker
 from unirg.plugin.worker import ProcessStudy, Worker, default_worker_id
 from unirg.sr_writer import RESEARCH_LABEL
 
-__all__ = ["orthanc", "OrthancStack", "orthanc_config_for", "plugin_settings", "PLUGIN_SCRIPT"]
+__all__ = ["orthanc", "OrthancStack", "orthanc_config_for", "plugin_settings", "with_credentials", "PLUGIN_SCRIPT",
+           "DEFAULT_USER"]
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The HTTP user when ``[orthanc] user`` is empty.
+DEFAULT_USER = "unirg"
 #: The entry script Orthanc runs (in this checkout's orthanc/ folder).
 PLUGIN_SCRIPT = REPO_ROOT / "orthanc" / "unirg_plugin.py"
 
@@ -74,6 +82,21 @@ def plugin_settings(config: Config) -> dict[str, Any]:
     return {"Settings": settings, "SitePackages": site_packages()}
 
 
+def with_credentials(config: Config) -> tuple[Config, bool]:
+    """``config`` with an Orthanc HTTP account, and whether its password was generated here.
+
+    ``[orthanc] user`` / ``password`` as given; a password without a user gets :data:`DEFAULT_USER`;
+    neither: :data:`DEFAULT_USER` with ``secrets.token_urlsafe(24)``.
+    """
+    o = config.orthanc
+    if o.user and o.password:
+        return config, False
+    generated = not o.password
+    orthanc = dataclasses.replace(o, user=o.user or DEFAULT_USER,
+                                  password=o.password or secrets.token_urlsafe(24))
+    return dataclasses.replace(config, orthanc=orthanc), generated
+
+
 def orthanc_env() -> dict[str, str]:
     """Orthanc's environment: ours, plus ``TCP_NODELAY=1``. Debian's DCMTK (Orthanc's DICOM stack)
     leaves Nagle's algorithm on unless that variable says otherwise, and on loopback every C-STORE then
@@ -98,6 +121,8 @@ def orthanc_config_for(config: Config, *, plugin: bool = True, verbose: bool = F
         stable_age=o.stable_age_s,
         users={o.user: o.password} if o.user else None,
         modalities={name: [p.ae_title, p.host, p.port] for name, p in o.modality_peers.items()},
+        accept_unknown_scu=o.accept_unknown_scu,
+        check_modality_host=o.check_modality_host,
         python_verbose=verbose,
         extra={"Unirg": plugin_settings(config)} if plugin else None,
     )
@@ -121,10 +146,17 @@ class OrthancStack:
         OS niceness of the worker threads (and of the threads they start, e.g. a model's): with
         Orthanc on the same machine, a CPU-hungry model then yields the CPUs to Orthanc's ingestion
         instead of slowing it. 0: same priority as Orthanc.
+
+    With ``run_orthanc``, Orthanc's HTTP authentication is on (:func:`with_credentials`): ``config``
+    then carries the account, and ``generated_password`` is the password made here (else None).
     """
 
     def __init__(self, config: Config, *, run_orthanc: bool = True, workers: int = 1,
                  process_study: ProcessStudy | None = None, plugin: bool = True, worker_nice: int = 10) -> None:
+        self.generated_password: str | None = None
+        if run_orthanc:
+            config, generated = with_credentials(config)
+            self.generated_password = config.orthanc.password if generated else None
         self.config = config
         self.stop_event = threading.Event()
         self.server: OrthancServer | None = None
@@ -219,11 +251,17 @@ class OrthancStack:
 @click.option("--aet", help="Orthanc's AE title.")
 @click.option("--data-dir", help="Orthanc's storage (<dir>/orthanc), the queue, local SR copies.")
 @click.option("--model", type=click.Path(), help="Report model checkpoint ([model] path).")
+@click.option("--demo-model", is_flag=True, default=None,
+              help="No model configured: draft with the synthetic demo model var/models/unirg-demo (demo, tests).")
+@click.option("--trust-remote-code", is_flag=True, default=None,
+              help="Run Python code shipped in the model checkpoint (MAIRA-2 needs it; [model] trust_remote_code).")
 @click.option("--queue-url", help="Queue database URL (default: SQLite in the data dir).")
-@click.option("--user", help="Orthanc HTTP user (authentication on; password from $UNIRG_ORTHANC_PASSWORD).")
+@click.option("--user", help="Orthanc HTTP user (password from $UNIRG_ORTHANC_PASSWORD). Default: "
+              f"'{DEFAULT_USER}' with a generated password, printed once at start.")
 @click.option("--stable-age", type=int, help="Seconds after the last instance before a study is stable.")
 @click.option("--modality", "modalities", multiple=True, metavar="NAME=AET@HOST:PORT",
-              help="Remote DICOM node to declare in Orthanc (repeatable).")
+              help="Remote DICOM node to declare in Orthanc (repeatable): only declared AE titles may "
+                   "C-STORE ([orthanc] accept_unknown_scu lifts that, unsafely); also a priors source.")
 @click.option("--priors-modality", "priors_modalities", multiple=True, metavar="NAME",
               help="Declared modality to C-FIND / C-MOVE priors from (repeatable).")
 @click.option("--orthanc-url", help="With --worker-only: the Orthanc to work for ([orthanc] url).")
@@ -235,8 +273,8 @@ class OrthancStack:
 @click.option("--write-config", type=click.Path(dir_okay=False, writable=True),
               help="Write Orthanc's JSON configuration to this file and exit.")
 def orthanc(config_path: str | None, http_port: int | None, dicom_port: int | None, aet: str | None,
-            data_dir: str | None, model: str | None, queue_url: str | None, user: str | None,
-            stable_age: int | None, modalities: tuple[str, ...], priors_modalities: tuple[str, ...],
+            data_dir: str | None, model: str | None, demo_model: bool | None, trust_remote_code: bool | None,
+            queue_url: str | None, user: str | None, stable_age: int | None, modalities: tuple[str, ...], priors_modalities: tuple[str, ...],
             orthanc_url: str | None, threads: int | None, worker_nice: int, no_worker: bool, worker_only: bool,
             write_config: str | None) -> None:
     """Orthanc + unirg plugin + DICOMweb on loopback, and the draft worker.
@@ -252,31 +290,56 @@ def orthanc(config_path: str | None, http_port: int | None, dicom_port: int | No
         raise click.UsageError("--no-worker and --worker-only exclude each other")
     cfg = _config_from(config_path, {
         "orthanc.http_port": http_port, "orthanc.dicom_port": dicom_port, "orthanc.aet": aet,
-        "listener.data_dir": data_dir, "model.path": model, "queue.url": queue_url, "orthanc.user": user,
+        "listener.data_dir": data_dir, "model.path": model, "model.demo_model": demo_model, "queue.url": queue_url,
+        "model.trust_remote_code": trust_remote_code, "orthanc.user": user,
         "orthanc.stable_age_s": stable_age, "orthanc.modalities": modalities,
         "orthanc.priors_modalities": priors_modalities, "orthanc.url": orthanc_url, "worker.threads": threads,
     })
     setup_logging(cfg.logging)
     if write_config:
-        Path(write_config).write_text(json.dumps(orthanc_config_for(cfg), indent=2) + "\n")
-        click.echo(f"wrote {write_config}")
+        cfg, generated = with_credentials(cfg)
+        path = Path(write_config)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the password
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(orthanc_config_for(cfg), indent=2) + "\n")
+        click.echo(f"wrote {write_config} (mode 0600: it holds the HTTP password)")
+        if generated:
+            _echo_password(cfg, cfg.orthanc.password)
         return
     workers = 0 if no_worker else cfg.worker.threads
+    if worker_only and cfg.orthanc.auth is None:
+        click.echo(f"unirg orthanc: warning: no Orthanc credentials for {cfg.orthanc.base_url}; set "
+                   "UNIRG_ORTHANC_USER and UNIRG_ORTHANC_PASSWORD (printed by the `unirg orthanc` that started it)",
+                   err=True)
     try:
         stack = OrthancStack(cfg, run_orthanc=not worker_only, workers=workers, worker_nice=worker_nice).start()
     except (ConfigError, OrthancStartError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if stack.generated_password:
+        _echo_password(stack.config, stack.generated_password)
+    cfg = stack.config
     o = cfg.orthanc
     if stack.server is not None:
         click.echo(f"unirg orthanc: Orthanc pid {stack.server.pid} at {stack.url} (REST, {stack.url}/dicom-web/, "
                    f"{stack.url}/unirg/status), DICOM {o.aet}@<this host>:{o.dicom_port}; log {stack.server.log_path}")
     if workers:
-        click.echo(f"unirg orthanc: {workers} worker(s) for {stack.url}, model {cfg.model.path or '(pipeline default)'}")
+        model_name = (cfg.model.path or os.environ.get("UNIRG_MODEL")
+                      or ("the synthetic demo model" if cfg.model.demo_model else "(the pipeline's own)"))
+        click.echo(f"unirg orthanc: {workers} worker(s) for {stack.url}, model {model_name}")
     click.echo(f"{RESEARCH_LABEL}. Ctrl-C stops.", nl=True)
     try:
         stack.wait_until_signalled()
     finally:
         stack.stop()
+
+
+def _echo_password(cfg: Config, password: str) -> None:
+    """The generated password, once, on stderr (never logged)."""
+    user = cfg.orthanc.user
+    click.echo(f"unirg orthanc: HTTP authentication on: user {user!r}, generated password {password} "
+               f"(shown once; set UNIRG_ORTHANC_PASSWORD to choose it). Workers elsewhere: "
+               f"UNIRG_ORTHANC_USER={user} UNIRG_ORTHANC_PASSWORD=... unirg orthanc --worker-only", err=True)
 
 
 if __name__ == "__main__":

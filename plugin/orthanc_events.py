@@ -55,8 +55,8 @@ from sqlalchemy import Column, Float, MetaData, String, Table, Text, select
 
 from unirg.plugin.assemble import Assembler, InstanceInfo, StudyLedger, classify_instance
 from unirg.plugin.config import Config, ConfigError, apply_overrides, load_config
+from unirg.plugin.prior_policy import is_own_draft  # one policy; re-exported for older imports
 from unirg.plugin.queue import JobQueue, db_now, make_engine
-from unirg.sr_writer import RESEARCH_LABEL
 
 __all__ = [
     "ORTHANC_PATH_PREFIX",
@@ -210,23 +210,6 @@ class OrthancLogHandler(logging.Handler):
 # -------------------------------------------------------------------------------------------------
 # Pure helpers
 # -------------------------------------------------------------------------------------------------
-
-def is_own_draft(ds: Dataset) -> bool:
-    """Whether ``ds`` is one of unirg's draft SRs (the loop guard: never processed again).
-
-    >>> ds = Dataset(); ds.Modality = "SR"; ds.SeriesDescription = RESEARCH_LABEL + " model"
-    >>> is_own_draft(ds)
-    True
-    >>> ds.SeriesDescription = "Radiology report"; is_own_draft(ds)
-    False
-    """
-    if str(ds.get("Modality", "") or "").upper() != "SR":
-        return False
-    for keyword in ("SeriesDescription", "CompletionFlagDescription"):
-        if str(ds.get(keyword, "") or "").startswith(RESEARCH_LABEL):
-            return True
-    return False
-
 
 def read_header(data: bytes) -> Dataset:
     """The header of a DICOM file in memory (no pixel data)."""

@@ -4,6 +4,8 @@ Pure request -> :class:`Response` logic (no ``import orthanc``): the entry scrip
 :data:`PATTERNS` with ``orthanc.RegisterRestCallback`` and passes each request to
 :meth:`Routes.handle`. Orthanc authenticates every request before a plugin sees it, so these routes
 follow Orthanc's ``AuthenticationEnabled`` / ``RegisteredUsers`` (and any authorization plugin).
+The state-changing (POST) routes also refuse with 403 when Orthanc's authentication is off
+(``Routes(..., authentication=False)``), and every route answers only its own method (else 405).
 
 ========================================  ======  ===================================================
 route                                     method  answer
@@ -18,7 +20,8 @@ route                                     method  answer
 ========================================  ======  ===================================================
 
 ``{uid}`` is the StudyInstanceUID or Orthanc's study ID. Errors are JSON ``{"error": ...}`` with
-404 (unknown study / no draft yet), 405, 409 (already queued), 422 (nothing to draft) or 500.
+403 (POST while authentication is off), 404 (unknown study / no draft yet), 405, 409 (already queued),
+422 (nothing to draft) or 500.
 """
 
 from __future__ import annotations
@@ -94,11 +97,13 @@ class Routes:
     """The ``/unirg/`` routes over a plugin's queue, ledger, assembler and Orthanc REST access.
 
     ``plugin`` is an :class:`unirg.plugin.orthanc_events.OrthancPlugin` (or anything with ``queue``,
-    ``ledger``, ``assembler``, ``rest`` and ``status()``).
+    ``ledger``, ``assembler``, ``rest`` and ``status()``). ``authentication``: whether Orthanc
+    authenticates HTTP requests (its ``AuthenticationEnabled``); without it the POST routes answer 403.
     """
 
-    def __init__(self, plugin: Any) -> None:
+    def __init__(self, plugin: Any, *, authentication: bool = False) -> None:
         self.plugin = plugin
+        self.authentication = authentication
         self._table: list[tuple[re.Pattern[str], str, Callable[..., Response]]] = [
             (re.compile("^/unirg/?$"), "GET", self.index),
             (re.compile("^/unirg/status$"), "GET", self.status),
@@ -118,6 +123,11 @@ class Routes:
                 continue
             if method != allowed:
                 return Response(405, b"", allow=allowed)
+            if allowed != "GET" and not self.authentication:
+                return Response.error(
+                    403, f"{method} {uri} changes state and Orthanc's HTTP authentication is off: set "
+                    '"AuthenticationEnabled": true with "RegisteredUsers" in Orthanc\'s configuration '
+                    "(`unirg orthanc` always does)")
             try:
                 if hasattr(self.plugin, "ensure_schema"):
                     self.plugin.ensure_schema()

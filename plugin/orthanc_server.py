@@ -11,8 +11,12 @@ Targets Debian 12's Orthanc 1.10.1 with orthanc-python 4.0 and orthanc-dicomweb 
   process to exit, so the index folder can be reused at once).
 
 Orthanc 1.10 has no option to bind to one address: its HTTP server refuses non-loopback clients when
-``RemoteAccessAllowed`` is false, but its DICOM port listens on every interface. Pass
-``accept_unknown_scu=False`` so that only the declared ``DicomModalities`` may store, or firewall it.
+``RemoteAccessAllowed`` is false, but its DICOM port listens on every interface. So by default
+(``accept_unknown_scu=False``, ``DicomAlwaysAllowStore: false``) only the declared ``DicomModalities``
+may C-STORE: Orthanc 1.10 matches the *calling AE title* of the association against them, and the
+peer's IP address too only with ``check_modality_host=True`` (``DicomCheckModalityHost``; the
+declared host must then be the IP address the peer connects from). AE titles are no secret: firewall
+the DICOM port as well.
 
 ``orthanc/orthanc.json.template`` documents the same settings for an existing Orthanc install.
 """
@@ -93,7 +97,8 @@ def build_orthanc_config(
     stable_age: int = 10,
     users: Mapping[str, str] | None = None,
     modalities: Mapping[str, Modality] | None = None,
-    accept_unknown_scu: bool = True,
+    accept_unknown_scu: bool = False,
+    check_modality_host: bool = False,
     temporary_dir: str | os.PathLike[str] | None = None,
     python_verbose: bool = False,
     extra: Mapping[str, Any] | None = None,
@@ -102,9 +107,11 @@ def build_orthanc_config(
 
     ``data_dir`` holds the storage and the SQLite index (``<data_dir>/db``); ``temporary_dir`` defaults
     to ``<data_dir>/tmp``. ``users`` (name -> password) turns on HTTP basic authentication
-    (``AuthenticationEnabled``); without users, authentication is off (loopback only anyway).
+    (``AuthenticationEnabled``); without users, authentication is off (``unirg orthanc`` always gives one).
     ``python_script`` loads orthanc-python with that script. ``modalities`` become
-    ``DicomModalities`` (remote PACS for C-FIND / C-MOVE of priors). ``extra`` is merged last, at
+    ``DicomModalities`` (remote PACS for C-FIND / C-MOVE of priors, and the only AE titles that may
+    C-STORE unless ``accept_unknown_scu=True``, which lets any AE title store: unsafe beyond a
+    firewalled test set-up). ``check_modality_host`` also matches their IP address. ``extra`` is merged last, at
     the top level (e.g. a ``"Unirg": {...}`` section the plugin script reads with
     ``orthanc.GetConfiguration()``); it may override any key.
     """
@@ -149,7 +156,9 @@ def build_orthanc_config(
         "DicomPort": dicom_port,
         "DicomCheckCalledAet": False,
         "DicomAlwaysAllowEcho": True,
-        "DicomAlwaysAllowStore": accept_unknown_scu,
+        # C-STORE only from the declared modalities (calling AE title; IP too with DicomCheckModalityHost).
+        "DicomAlwaysAllowStore": bool(accept_unknown_scu),
+        "DicomCheckModalityHost": bool(check_modality_host),
         "DicomModalities": {k: _modality(k, v) for k, v in (modalities or {}).items()},
         "DicomModalitiesInDatabase": False,
         # A study is "stable" (OnChange STABLE_STUDY) this many seconds after its last instance.
@@ -270,8 +279,12 @@ class OrthancServer:
         for key in ("StorageDirectory", "IndexDirectory", "TemporaryDirectory"):
             if self.config.get(key):
                 Path(self.config[key]).mkdir(parents=True, exist_ok=True)
+        # 0600: the configuration holds the HTTP passwords (RegisteredUsers).
         tmp = self.config_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.config, indent=2))
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(self.config, indent=2))
         os.replace(tmp, self.config_path)
         args = [self.orthanc_binary]
         if self.verbose:

@@ -8,9 +8,10 @@ only three of its collaborators change:
 * :class:`OrthancPriors` finds the patient's earlier CR/DX studies by PatientID in Orthanc
   (``/tools/find``) and in remote modalities declared in Orthanc (``POST /modalities/{name}/query``
   = C-FIND, then ``POST /modalities/{name}/move`` = C-MOVE into Orthanc), and loads the prior's images
-  and its report SR (verified first, as :func:`unirg.plugin.priors.choose_report`; unirg's own drafts
-  never count as the prior's report). Studies pulled in
-  this way are marked so that the plugin does not draft them. It never raises: on trouble the draft
+  and its report SR (:func:`unirg.plugin.prior_policy.choose_report`: a human report only, verified
+  first). With ``[priors] skip_local`` (default) a prior Orthanc already holds is not C-MOVEd again;
+  ``max_priors`` and ``max_age`` as :func:`unirg.plugin.prior_policy.rank_prior_studies`. Studies pulled
+  in this way are marked so that the plugin does not draft them. It never raises: on trouble the draft
   is made without (some) priors and the result's ``reason`` says why;
 * :class:`OrthancSRStore` keeps the local copy, then ``POST /instances``. "AlreadyStored" counts as
   delivered: SR UIDs are deterministic, so a job retried after a crash or a kill -9 between store
@@ -29,13 +30,23 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 from pydicom import Dataset, dcmread
 
 from unirg.plugin.config import Config, PriorsConfig
-from unirg.plugin.orthanc_events import is_own_draft, mark_retrieved_prior, orthanc_instance_id
-from unirg.plugin.priors import IMAGE_MODALITIES, PriorStudy, PriorsResult, choose_report
+from unirg.plugin.orthanc_events import mark_retrieved_prior, orthanc_instance_id
+from unirg.plugin.prior_policy import (
+    IMAGE_MODALITIES,
+    PriorCandidate,
+    choose_report,
+    modalities,
+    rank_prior_studies,
+    study_date_range,
+)
+from unirg.plugin.priors import PriorStudy, PriorsResult
+from unirg.plugin.paths import uid_path
 from unirg.plugin.receive import write_bytes_atomic
-from unirg.plugin.store import StoreFailed, StoreOutcome, sr_bytes
+from unirg.plugin.store import StoreFailed, StoreOutcome, refuse_unlabelled, sr_bytes
 from unirg.plugin.worker import ProcessStudy, Worker
 
 __all__ = [
@@ -64,7 +75,19 @@ class OrthancError(Exception):
 
 class OrthancClient:
     """A small ``requests`` client for Orthanc's REST API (basic auth, timeouts, errors as
-    :class:`OrthancError` naming the call)."""
+    :class:`OrthancError` naming the call).
+
+    A pooled keep-alive connection can outlive the Orthanc process it was opened to (Orthanc
+    restarted): the next request on it fails with ``RemoteDisconnected`` / ``ConnectionResetError``.
+    Then the pool is dropped and the request is sent once more on a fresh connection, but only when
+    a repeat is harmless: GET/HEAD/PUT/DELETE/OPTIONS, the read-only POSTs ``/tools/find``,
+    ``/tools/lookup`` and ``/modalities/{name}/query`` (C-FIND), and ``POST /instances`` (Orthanc
+    answers "AlreadyStored" to a repeat). Any other request (e.g. a C-MOVE) is repeated only when it
+    provably never reached Orthanc (the connection could not be opened).
+    """
+
+    RETRY_SAFE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+    RETRY_SAFE_POSTS = ("/tools/find", "/tools/lookup", "/instances")
 
     def __init__(self, url: str, auth: tuple[str, str] | None = None, timeout: float = 60.0) -> None:
         self.url = url.rstrip("/")
@@ -72,10 +95,56 @@ class OrthancClient:
         self.session = requests.Session()
         self.session.auth = auth
         self.session.trust_env = False  # loopback PACS: never through an HTTP proxy
+        self.reconnects = 0  # requests sent again on a fresh connection
+
+    @classmethod
+    def retry_safe(cls, method: str, path: str) -> bool:
+        """Whether ``method path`` may be sent twice with the effect of sending it once."""
+        method, path = method.upper(), path.split("?", 1)[0].rstrip("/")
+        if method in cls.RETRY_SAFE_METHODS:
+            return True
+        if method != "POST":
+            return False
+        if path in cls.RETRY_SAFE_POSTS:
+            return True
+        parts = path.strip("/").split("/")
+        return len(parts) == 3 and parts[0] == "modalities" and parts[2] == "query"
+
+    @staticmethod
+    def retry_reason(exc: BaseException, retry_safe: bool) -> str | None:
+        """Why a failed request may be sent once more on a fresh connection, or None if it may not.
+
+        A connection that could not be opened carried no request, so any request may be repeated; a
+        pooled connection closed or reset by the peer may have delivered it, so only a ``retry_safe`` one.
+        """
+        seen: list[BaseException] = []
+        todo: list[Any] = [exc]
+        while todo:
+            e = todo.pop()
+            if isinstance(e, BaseException) and not any(e is s for s in seen):
+                seen.append(e)
+                todo += [*e.args, getattr(e, "reason", None), e.__cause__, e.__context__]
+        if any(isinstance(e, urllib3.exceptions.NewConnectionError) for e in seen):
+            return "connection refused: the request was never sent"
+        dropped = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)  # RemoteDisconnected too
+        stale = next((e for e in seen if isinstance(e, dropped)), None)
+        if stale is not None and retry_safe:
+            return f"stale keep-alive connection: {type(stale).__name__}: {stale}"
+        return None
 
     def request(self, method: str, path: str, *, timeout: float | None = None, **kw: Any) -> requests.Response:
+        url, timeout = self.url + path, timeout or self.timeout
         try:
-            r = self.session.request(method, self.url + path, timeout=timeout or self.timeout, **kw)
+            try:
+                r = self.session.request(method, url, timeout=timeout, **kw)
+            except requests.ConnectionError as exc:
+                reason = self.retry_reason(exc, self.retry_safe(method, path))
+                if reason is None:
+                    raise
+                log.info("event=orthanc_reconnect method=%s path=%s reason=%r", method, path, reason)
+                self.reconnects += 1
+                self.session.close()  # drop every pooled connection: the others are stale too
+                r = self.session.request(method, url, timeout=timeout, **kw)
         except requests.RequestException as exc:
             raise OrthancError(f"Orthanc at {self.url} unreachable ({method} {path}): {exc}") from exc
         if r.status_code >= 400:
@@ -126,8 +195,9 @@ class OrthancSRStore:
         self.local_dir = Path(local_dir)
 
     def store(self, sr: Dataset) -> StoreOutcome:
+        refuse_unlabelled(sr, "orthanc")  # ResearchLabelMissing: nothing written or posted
         data = sr_bytes(sr)
-        path = self.local_dir / str(sr.StudyInstanceUID) / f"{sr.SOPInstanceUID}.dcm"
+        path = uid_path(self.local_dir, sr.StudyInstanceUID, sr.SOPInstanceUID)  # UnsafePath if not UIDs
         write_bytes_atomic(path, data)
         try:
             answer = self.client.post_json("/instances", data, headers={"Content-Type": "application/dicom"})
@@ -143,18 +213,6 @@ class OrthancSRStore:
         return StoreOutcome(local_path=path, delivered=[f"orthanc {self.client.url}"])
 
 
-def _when(date: str, time_: str) -> str:
-    digits = "".join(ch for ch in time_ if ch.isdigit())[:6]
-    return f"{date}{digits.ljust(6, '0')}"
-
-
-def _modalities(value: Any) -> set[str]:
-    if not value:
-        return set()
-    items = value.split("\\") if isinstance(value, str) else list(value)
-    return {str(v).strip().upper() for v in items if str(v).strip()}
-
-
 class OrthancPriors:
     """Priors through Orthanc (see the module docstring); ``fetch`` has the PriorsFetcher contract.
 
@@ -162,8 +220,8 @@ class OrthancPriors:
     ----------
     client : OrthancClient
     config : PriorsConfig
-        ``max_priors`` and ``total_timeout_s`` apply (``pacs`` and the C-GET/C-MOVE settings are the
-        listener's; here Orthanc does the DICOM networking).
+        ``max_priors``, ``max_age``, ``skip_local`` and ``total_timeout_s`` apply (``pacs`` and the
+        C-GET/C-MOVE settings are the listener's; here Orthanc does the DICOM networking).
     modalities : list[str]
         Names of modalities declared in Orthanc to C-FIND / C-MOVE priors from.
     engine
@@ -214,12 +272,13 @@ class OrthancPriors:
             if uid:
                 out[uid] = {"uid": uid, "date": tags.get("StudyDate", ""), "time": tags.get("StudyTime", ""),
                             "accession": tags.get("AccessionNumber", ""), "orthanc_id": study["ID"],
-                            "modalities": None, "source": "orthanc"}
+                            "modalities": None, "source": "orthanc", "move_from": None}
         return out
 
     def _remote(self, name: str, patient_id: str, cur_date: str) -> dict[str, dict[str, Any]]:
         query = {"Level": "Study", "Query": {
-            "PatientID": patient_id, "StudyInstanceUID": "", "StudyDate": f"-{cur_date}" if cur_date else "",
+            "PatientID": patient_id, "StudyInstanceUID": "",
+            "StudyDate": study_date_range(cur_date, self.config.max_age),
             "StudyTime": "", "AccessionNumber": "", "ModalitiesInStudy": "CR\\DX",
         }}
         answer = self.client.post_json(f"/modalities/{name}/query", query)
@@ -232,7 +291,8 @@ class OrthancPriors:
             if uid:
                 out[uid] = {"uid": uid, "date": tags.get("StudyDate", ""), "time": tags.get("StudyTime", ""),
                             "accession": tags.get("AccessionNumber", ""), "orthanc_id": None,
-                            "modalities": _modalities(tags.get("ModalitiesInStudy")), "source": name}
+                            "modalities": modalities(tags.get("ModalitiesInStudy")), "source": name,
+                            "move_from": name}
         return out
 
     def _fetch(self, current: Sequence[Dataset], deadline: float) -> PriorsResult:
@@ -244,29 +304,28 @@ class OrthancPriors:
             return PriorsResult(reason="current study has no PatientID")
         cur_uid = str(head.get("StudyInstanceUID", ""))
         cur_date = str(head.get("StudyDate", "") or "")
-        cur_when = _when(cur_date, str(head.get("StudyTime", "") or "")) if cur_date else ""
+        current_study = PriorCandidate(cur_uid, cur_date, str(head.get("StudyTime", "") or ""))
 
         problems: list[str] = []
         candidates = self._local(patient_id)
         for name in self.modalities:
             try:
                 for uid, cand in self._remote(name, patient_id, cur_date).items():
-                    candidates.setdefault(uid, cand)
+                    held = candidates.setdefault(uid, cand)
+                    if held is not cand and not self.config.skip_local and held["move_from"] is None:
+                        held["move_from"] = name  # held here, but asked to retrieve again
             except OrthancError as exc:
                 problems.append(f"C-FIND in modality {name!r} failed: {exc}")
-        ranked = []
-        for cand in candidates.values():
-            when = _when(cand["date"], cand["time"])
-            mods = cand["modalities"]
-            if cand["uid"] == cur_uid or (mods and not mods & IMAGE_MODALITIES):
-                continue
-            if cur_when and when >= cur_when:
-                continue
-            ranked.append((when, cand))
-        ranked.sort(key=lambda x: x[0], reverse=True)
+        # Orthanc's own studies have unknown modalities (a CT is dropped at loading), so rank them all
+        # and stop at max_priors loaded.
+        ranked = rank_prior_studies(
+            (PriorCandidate(c["uid"], c["date"], c["time"], frozenset(c["modalities"] or ()), c)
+             for c in candidates.values()),
+            current_study, len(candidates), self.config.max_age)
 
         priors = PriorsResult()
-        for _, cand in ranked:
+        for ranked_cand in ranked:
+            cand = ranked_cand.data
             if len(priors) >= self.config.max_priors:
                 break
             if time.monotonic() > deadline:
@@ -292,18 +351,18 @@ class OrthancPriors:
 
     def _load(self, cand: dict[str, Any], for_study: str, deadline: float) -> PriorStudy | None:
         orthanc_id = cand["orthanc_id"]
-        if orthanc_id is None:  # only in a remote modality: C-MOVE it into Orthanc first
-            if self.engine is not None:
+        if cand["move_from"] is not None:  # not held here (or skip_local = false): C-MOVE into Orthanc
+            if self.engine is not None and orthanc_id is None:
                 mark_retrieved_prior(self.engine, cand["uid"], for_study)
             remaining = max(int(deadline - time.monotonic()), 5)
-            self.client.post_json(f"/modalities/{cand['source']}/move", {
+            self.client.post_json(f"/modalities/{cand['move_from']}/move", {
                 "Level": "Study", "Resources": [{"StudyInstanceUID": cand["uid"]}],
                 "TargetAet": self._own_aet_title(), "Synchronous": True, "Timeout": remaining,
             }, timeout=remaining + 10)
             orthanc_id = self.client.lookup(cand["uid"], "Study")
             if orthanc_id is None:
                 raise OrthancError(f"C-MOVE of {cand['uid']} reported success but Orthanc does not hold it")
-            log.info("event=prior_moved prior=%s modality=%s", cand["uid"], cand["source"])
+            log.info("event=prior_moved prior=%s modality=%s", cand["uid"], cand["move_from"])
         images: list[Dataset] = []
         reports: list[Dataset] = []
         for series in self.client.get_json(f"/studies/{orthanc_id}/series") or []:
@@ -315,12 +374,12 @@ class OrthancPriors:
                 (reports if modality == "SR" else images).append(ds)
         if not images:
             return None  # no CR/DX image: not a prior chest radiograph
-        # The prior's report: a human one (verified first); unirg's own drafts never stand in for it.
-        human = [r for r in reports if not is_own_draft(r)]
+        # The prior's report: a human one only (the one policy); none: "no prior report available".
         prior = PriorStudy(study_uid=cand["uid"], study_date=cand["date"], study_time=cand["time"],
-                           accession_number=cand["accession"], images=images, report=choose_report(human))
-        log.info("event=prior_retrieved prior=%s source=%s images=%d reports=%d",
-                 cand["uid"], cand["source"], len(images), len(reports))
+                           accession_number=cand["accession"], images=images, report=choose_report(reports))
+        log.info("event=prior_retrieved prior=%s source=%s images=%d srs=%d report=%s",
+                 cand["uid"], cand["source"], len(images), len(reports),
+                 prior.report.SOPInstanceUID if prior.report is not None else None)
         return prior
 
 

@@ -2,13 +2,16 @@
 
 :meth:`PriorsFetcher.fetch` does, for the patient of the current study:
 
-1. Study Root C-FIND at STUDY level by PatientID, ModalitiesInStudy CR\\DX, StudyDate up to the current
-   one; keeps studies strictly earlier than the current (date+time), other than the current UID; takes
-   the most recent ``max_priors``;
+1. Study Root C-FIND at STUDY level by PatientID, ModalitiesInStudy CR\\DX, StudyDate from ``max_age``
+   before the current one up to it; the studies to use are chosen by
+   :func:`unirg.plugin.prior_policy.rank_prior_studies` (the most recent ``max_priors`` strictly earlier
+   CR/DX studies within ``max_age``);
 2. per prior, a SERIES-level C-FIND, then retrieval of its CR/DX and SR series by C-GET on the same
-   association (default) or by C-MOVE to a short-lived SCP of ours (``retrieve = "move"``);
-3. the prior's report is chosen among its SRs: verified reports first, then the newest
-   (ContentDate/ContentTime) - so our own unverified drafts never displace a signed report.
+   association (default) or by C-MOVE to a short-lived SCP of ours (``retrieve = "move"``). With
+   ``skip_local`` (default) an image series the listener already holds (``local``, e.g. :class:`LocalPriors`)
+   is read from disk instead; SR series are always asked for (a report may have been signed since);
+3. the prior's report is :func:`unirg.plugin.prior_policy.choose_report` of its SRs: a human report only
+   (never ours, never a device-observed or AI-labelled SR), verified first, complete first, then newest.
 
 It never raises into the worker: an unreachable, rejecting, failing or slow PACS gives an empty
 :class:`PriorsResult` whose ``reason`` says why (and a warning in the log); the draft is then made
@@ -21,24 +24,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
 
 from unirg.plugin.config import Peer, PriorsConfig
+from unirg.plugin.prior_policy import (
+    IMAGE_MODALITIES,
+    PriorCandidate,
+    choose_report,
+    modalities,
+    rank_prior_studies,
+    study_date_range,
+)
 from unirg.plugin.receive import IMAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 
-__all__ = ["PriorStudy", "PriorsResult", "PriorsFetcher", "PriorsUnavailable", "choose_report"]
+__all__ = ["LocalPriors", "PriorStudy", "PriorsResult", "PriorsFetcher", "PriorsUnavailable", "choose_report"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_MODALITIES = {"CR", "DX"}
 SR_SOP_CLASSES = [
     sc.BasicTextSRStorage,
     sc.EnhancedSRStorage,
@@ -97,29 +108,20 @@ class PriorsResult(list):
         }
 
 
-def _sr_rank(ds: Dataset) -> tuple[bool, bool, str]:
-    verified = str(ds.get("VerificationFlag", "")).upper() == "VERIFIED"
-    complete = str(ds.get("CompletionFlag", "")).upper() == "COMPLETE"
-    when = f"{ds.get('ContentDate', '') or ''}{str(ds.get('ContentTime', '') or '').ljust(13, '0')}"
-    return verified, complete, when
+class LocalPriors:
+    """The listener's copy of a study: ``study_uid -> [image datasets]`` from its ledger and data dir
+    (empty when it holds none or a file cannot be read; never raises)."""
 
+    def __init__(self, ledger: Any, data_dir: str | Path) -> None:
+        self.ledger = ledger
+        self.data_dir = Path(data_dir)
 
-def choose_report(srs: Sequence[Dataset]) -> Dataset | None:
-    """The prior's report: verified before unverified, complete before partial, then the newest."""
-    return max(srs, key=_sr_rank) if srs else None
-
-
-def _values(value: Any) -> set[str]:
-    if value is None or value == "":
-        return set()
-    if isinstance(value, str):
-        return {v.strip().upper() for v in value.split("\\") if v.strip()}
-    return {str(v).strip().upper() for v in value}
-
-
-def _when(date: str, time_: str) -> str:
-    digits = "".join(ch for ch in time_ if ch.isdigit())[:6]
-    return f"{date}{digits.ljust(6, '0')}"
+    def __call__(self, study_uid: str) -> list[Dataset]:
+        try:
+            return [dcmread(self.data_dir / p) for p in self.ledger.image_paths(study_uid)]
+        except Exception as exc:
+            log.warning("event=local_prior_unreadable prior=%s reason=%r; retrieving it", study_uid, str(exc))
+            return []
 
 
 def _store_into(event: evt.Event, bucket: list[Dataset]) -> int:
@@ -138,10 +140,15 @@ class PriorsFetcher:
         ``pacs`` empty means no priors (every result says "no PACS configured").
     calling_ae_title : str
         Used when ``config.calling_ae_title`` is empty (normally the listener's AE title).
+    local : callable, optional
+        ``study_uid -> [image datasets]`` already held here (:class:`LocalPriors`); with
+        ``config.skip_local`` their series are not retrieved again.
     """
 
-    def __init__(self, config: PriorsConfig, calling_ae_title: str = "UNIRG") -> None:
+    def __init__(self, config: PriorsConfig, calling_ae_title: str = "UNIRG",
+                 local: Callable[[str], list[Dataset]] | None = None) -> None:
         self.config = config
+        self.local = local
         self.peer: Peer | None = config.peer
         self.calling_ae_title = config.calling_ae_title or calling_ae_title
         self._move_lock = threading.Lock()  # one C-MOVE destination port per process
@@ -230,6 +237,7 @@ class PriorsFetcher:
         if self.config.retrieve == "get":
             responses = assoc.send_c_get(query, sc.StudyRootQueryRetrieveInformationModelGet)
         else:
+            self._moving = (study_uid, series_uid)  # what our C-MOVE destination accepts (_store_moved)
             responses = assoc.send_c_move(query, self.config.move_ae_title,
                                           sc.StudyRootQueryRetrieveInformationModelMove)
         final = None
@@ -247,9 +255,8 @@ class PriorsFetcher:
         patient_id = str(head.get("PatientID", "") or "")
         if not patient_id:
             raise PriorsUnavailable("current study has no PatientID")
-        cur_uid = str(head.get("StudyInstanceUID", ""))
-        cur_date = str(head.get("StudyDate", "") or "")
-        cur_when = _when(cur_date, str(head.get("StudyTime", "") or "")) if cur_date else ""
+        current_study = PriorCandidate(str(head.get("StudyInstanceUID", "")), str(head.get("StudyDate", "") or ""),
+                                       str(head.get("StudyTime", "") or ""))
 
         bucket: list[Dataset] = []
         ae = self._ae()
@@ -267,23 +274,20 @@ class PriorsFetcher:
                 query.QueryRetrieveLevel = "STUDY"
                 query.PatientID = patient_id
                 query.StudyInstanceUID = ""
-                query.StudyDate = f"-{cur_date}" if cur_date else ""
+                query.StudyDate = study_date_range(current_study.study_date, self.config.max_age)
                 query.StudyTime = ""
                 query.AccessionNumber = ""
                 query.ModalitiesInStudy = ["CR", "DX"]
-                candidates = []
-                for ident in self._find(assoc, query):
-                    uid = str(ident.get("StudyInstanceUID", ""))
-                    mods = _values(ident.get("ModalitiesInStudy"))
-                    when = _when(str(ident.get("StudyDate", "") or ""), str(ident.get("StudyTime", "") or ""))
-                    if not uid or uid == cur_uid or (mods and not mods & IMAGE_MODALITIES):
-                        continue
-                    if cur_when and when >= cur_when:
-                        continue
-                    candidates.append((when, ident))
-                candidates.sort(key=lambda x: x[0], reverse=True)
+                candidates = [
+                    PriorCandidate(str(ident.get("StudyInstanceUID", "") or ""), str(ident.get("StudyDate", "") or ""),
+                                   str(ident.get("StudyTime", "") or ""), modalities(ident.get("ModalitiesInStudy")),
+                                   ident)
+                    for ident in self._find(assoc, query)
+                ]
+                chosen = rank_prior_studies(candidates, current_study, self.config.max_priors, self.config.max_age)
                 priors = PriorsResult()
-                for _, ident in candidates[: self.config.max_priors]:
+                for cand in chosen:
+                    ident = cand.data
                     if time.monotonic() > deadline:
                         priors.reason = (f"total_timeout_s ({self.config.total_timeout_s:g} s) reached "
                                          f"after {len(priors)} prior(s)")
@@ -310,11 +314,18 @@ class PriorsFetcher:
         series_q.Modality = ""
         series = [s for s in self._find(assoc, series_q)
                   if str(s.get("Modality", "")).upper() in IMAGE_MODALITIES | {"SR"}]
+        held = self.local(uid) if (self.local is not None and self.config.skip_local) else []
+        held_series = {str(ds.get("SeriesInstanceUID", "")) for ds in held}
         bucket.clear()
+        skipped = 0
         for s in series:
+            if str(s.get("Modality", "")).upper() != "SR" and str(s.SeriesInstanceUID) in held_series:
+                skipped += 1  # held here already: read from disk, not retrieved again
+                continue
             self._retrieve_series(assoc, uid, str(s.SeriesInstanceUID), bucket)
         got = [ds for ds in bucket if str(ds.get("StudyInstanceUID", "")) == uid]
-        images = [ds for ds in got if str(ds.get("SOPClassUID", "")) in IMAGE_SOP_CLASSES]
+        images = [ds for ds in held if str(ds.get("StudyInstanceUID", "")) == uid]
+        images += [ds for ds in got if str(ds.get("SOPClassUID", "")) in IMAGE_SOP_CLASSES]
         srs = [ds for ds in got if str(ds.get("Modality", "")).upper() == "SR"]
         prior = PriorStudy(
             study_uid=uid,
@@ -324,20 +335,39 @@ class PriorsFetcher:
             images=images,
             report=choose_report(srs),
         )
-        log.info("event=prior_retrieved prior=%s images=%d reports=%d", uid, len(images), len(srs))
+        log.info("event=prior_retrieved prior=%s images=%d local_series=%d srs=%d report=%s", uid, len(images),
+                 skipped, len(srs), prior.report.SOPInstanceUID if prior.report is not None else None)
         return prior
 
     def _start_move_destination(self, bucket: list[Dataset]) -> Any:
+        """Our C-MOVE destination SCP, on ``move_bind_address`` only, for the PACS's AE title only;
+        it keeps only instances of the series being moved (:meth:`_store_moved`)."""
+        assert self.peer is not None
         ae = AE(ae_title=self.config.move_ae_title)
         ae.acse_timeout = self.config.acse_timeout_s
         ae.dimse_timeout = self.config.dimse_timeout_s
         ae.network_timeout = self.config.dimse_timeout_s
+        ae.require_calling_aet = [self.peer.ae_title]  # any other calling AE: association rejected
         for cls in RETRIEVE_SOP_CLASSES:
             ae.add_supported_context(cls, TRANSFER_SYNTAXES)
+        address = (self.config.move_bind_address, self.config.move_port)
         try:
             return ae.start_server(
-                ("0.0.0.0", self.config.move_port), block=False,
-                evt_handlers=[(evt.EVT_C_STORE, _store_into, [bucket])],
+                address, block=False, evt_handlers=[(evt.EVT_C_STORE, self._store_moved, [bucket])],
             )
         except OSError as exc:
-            raise PriorsUnavailable(f"cannot open C-MOVE destination port {self.config.move_port}: {exc}") from exc
+            raise PriorsUnavailable(f"cannot open C-MOVE destination {address[0]}:{address[1]}: {exc}") from exc
+
+    def _store_moved(self, event: evt.Event, bucket: list[Dataset]) -> int:
+        """C-STORE on the C-MOVE destination: only an instance of the (study, series) being moved
+        (``self._moving``) is kept; anything else is refused (0x0124 Not Authorised) and logged."""
+        ds = event.dataset
+        got = (str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")))
+        wanted = getattr(self, "_moving", None)
+        originator = str(getattr(event.request, "MoveOriginatorApplicationEntityTitle", "") or "").strip()
+        if got != wanted or (originator and originator != self.calling_ae_title):
+            log.warning("event=move_store_refused calling_ae=%s sop=%s study=%s series=%s moving=%s originator=%r",
+                        event.assoc.requestor.ae_title, ds.get("SOPInstanceUID", ""), got[0], got[1],
+                        "/".join(wanted) if wanted else None, originator)
+            return 0x0124
+        return _store_into(event, bucket)

@@ -33,6 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from unirg.plugin.assemble import IMAGE_SOP_CLASSES, Assembler, StudyLedger, classify_instance
 from unirg.plugin.config import Config, ListenerConfig, TLSConfig
+from unirg.plugin.paths import path_under, safe_component
 from unirg.sr_writer.io import write_bytes_atomic
 
 __all__ = [
@@ -182,7 +183,7 @@ class InstanceSink:
     def relative_path(study_uid: str, sop_uid: str) -> str:
         """Where an instance lives, relative to the data dir (what the ledger records, so workers on
         other machines can mount the data dir elsewhere)."""
-        return f"instances/{study_uid}/{sop_uid}.dcm"
+        return f"instances/{safe_component(study_uid)}/{safe_component(sop_uid)}.dcm"
 
     def accept(self, event: evt.Event) -> int:
         """Handle one C-STORE request; return 0x0000 or raise (mapped by :func:`handle_store`)."""
@@ -198,7 +199,7 @@ class InstanceSink:
         check_dataset(ds, event.context.abstract_syntax, str(event.request.AffectedSOPInstanceUID or ""))
         info = classify_instance(ds)
         rel = self.relative_path(info.study_uid, info.sop_instance_uid)
-        write_bytes_atomic(self.data_dir / rel, raw)
+        write_bytes_atomic(path_under(self.data_dir, *rel.split("/")), raw)
         calling_ae = str(event.assoc.requestor.ae_title)
         status = self.ledger.record_instance(info, rel, calling_ae)
         log.info(

@@ -1,10 +1,13 @@
 """Pick the frontal and lateral chest radiographs of a study.
 
-Only original chest radiographs are candidates. Skipped, each with a stated reason:
-objects without pixel data, structured reports and other non-image objects,
-Secondary Capture, DERIVED / SECONDARY images, modalities other than CR / DX,
-images of another body part, and views that are neither frontal nor lateral
-(obliques, decubitus, unknown).
+Candidates are PRIMARY chest radiographs, ORIGINAL or DERIVED: lossy-compressed archives
+(LossyImageCompression 01) and vendor-processed radiographs carry ImageType DERIVED\\PRIMARY and
+are the radiograph a site has. ORIGINAL is preferred when a view has both. Skipped, each with a
+stated reason: objects without pixel data, structured reports and other non-image objects,
+Secondary Capture, SECONDARY images, derived objects that are not the radiograph (subtraction,
+dual-energy, annotated, key images, segmentations, renderings: from Image Type values 3+,
+Derivation Description or Derivation Code Sequence), modalities other than CR / DX, images of
+another body part, and views that are neither frontal nor lateral (obliques, decubitus, unknown).
 
 The view comes from, in order of trust: View Position (0018,5101), the View Code
 Sequence (0054,0220, CID 4010), Image Type values, Patient Orientation (0020,0020) and
@@ -32,6 +35,7 @@ __all__ = [
     "NoUsableImage",
     "ViewSelection",
     "classify_view",
+    "is_derived",
     "is_chest",
     "select_views",
     "skip_reason",
@@ -94,6 +98,19 @@ _TEXT_VIEW = [
     (re.compile(r"(?i)\b(a\.?p\.?|antero-?posterior|supine|portable)\b"), "AP"),
     (re.compile(r"(?i)\bfrontal\b"), "FRONTAL"),
 ]
+# A DERIVED image is not the radiograph when its Image Type (values 3+), Derivation Description or
+# Derivation Code Sequence meaning says so.
+_NOT_THE_RADIOGRAPH = re.compile(
+    r"(?i)(subtract|annotat|\bkey\b|key[ _-]?image|overlay|dual[ _-]?energy|multi[ _-]?energy|soft[ _-]?tissue"
+    r"|\bbone\b|\bcad\b|heat[ _-]?map|segment|(?<!unsharp )\bmask|render|reformat|\bmip\b|\bmpr\b|intensity projection"
+    r"|pixel by pixel)"
+)
+# CID 7203 Image Derivation codes that make another object than the radiograph (subtraction, masks,
+# pixel-by-pixel arithmetic, multi-energy weighting, segmentation, renderings, reformats, MIP/MinIP).
+_NOT_THE_RADIOGRAPH_CODES = {
+    "113042", "113046", "113047", "113048", "113049", "113051", "113053", "113062", "113072", "113073",
+    "113074", "113075", "113076", "113077", "113078", "113079", "113097",
+}
 _OTHER_VIEW_WORDS = re.compile(r"(?i)\b(decub\w*|oblique|lordotic|lao|rao|lpo|rpo|lld|rld)\b")
 
 
@@ -217,8 +234,31 @@ def is_chest(ds: Dataset) -> bool:
     return False
 
 
+def _image_type(ds: Dataset) -> list[str]:
+    return [str(v).strip().upper() for v in (ds.get("ImageType") or [])]
+
+
+def is_derived(ds: Dataset) -> bool:
+    """Image Type value 1 is DERIVED."""
+    return _image_type(ds)[:1] == ["DERIVED"]
+
+
+def _derived_object(ds: Dataset) -> str | None:
+    """What makes a DERIVED image another object than the radiograph, or ``None``."""
+    hints = [" ".join(_image_type(ds)[2:]).replace("_", " "), _text(ds, "DerivationDescription")]
+    for item in ds.get("DerivationCodeSequence") or []:
+        if str(item.get("CodeValue", "")) in _NOT_THE_RADIOGRAPH_CODES:
+            return f"derivation {item.get('CodeMeaning', '') or item.get('CodeValue')}"
+        hints.append(str(item.get("CodeMeaning", "")))
+    for hint in hints:
+        if _NOT_THE_RADIOGRAPH.search(hint):
+            return hint.strip()
+    return None
+
+
 def skip_reason(ds: Dataset) -> str | None:
-    """Why ``ds`` cannot be a model input, or ``None`` when it is an original chest radiograph."""
+    """Why ``ds`` cannot be a model input, or ``None`` when it is a chest radiograph (ORIGINAL, or
+    DERIVED\\PRIMARY such as a lossy-compressed or vendor-processed one)."""
     sop_class = str(ds.get("SOPClassUID", "") or "")
     modality = str(ds.get("Modality", "") or "").upper()
     if sop_class.startswith(_SR_PREFIX) or modality in {"SR", "KO"}:
@@ -229,9 +269,11 @@ def skip_reason(ds: Dataset) -> str | None:
         return f"non-image object (modality {modality})"
     if "PixelData" not in ds:
         return "no pixel data"
-    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
-    if image_type[:1] == ["DERIVED"] or image_type[1:2] == ["SECONDARY"]:
-        return "derived or secondary image (ImageType " + "\\".join(image_type) + ")"
+    image_type = _image_type(ds)
+    if image_type[1:2] == ["SECONDARY"]:
+        return "secondary image (ImageType " + "\\".join(image_type) + ")"
+    if image_type[:1] == ["DERIVED"] and (what := _derived_object(ds)):
+        return f"derived image that is not the radiograph ({what}; ImageType " + "\\".join(image_type) + ")"
     if modality and modality not in _RADIOGRAPHY_MODALITIES:
         return f"modality {modality} is not a radiograph"
     if not is_chest(ds):
@@ -244,8 +286,9 @@ def skip_reason(ds: Dataset) -> str | None:
 
 
 def _best_first(items: list[tuple[str, Dataset]]) -> list[tuple[str, Dataset]]:
-    """PA before AP before unknown-projection frontal; within a view the latest acquisition
-    (then the highest Instance Number) first: a repeated exposure replaces a failed one."""
+    """PA before AP before unknown-projection frontal; within a view ORIGINAL before DERIVED (a
+    lossy or processed copy of the same exposure), then the latest acquisition (then the highest
+    Instance Number) first: a repeated exposure replaces a failed one."""
 
     def when(ds: Dataset) -> tuple[str, int]:
         stamp = (
@@ -257,7 +300,7 @@ def _best_first(items: list[tuple[str, Dataset]]) -> list[tuple[str, Dataset]]:
 
     preference = {"PA": 0, "AP": 1, "FRONTAL": 2, LATERAL: 0}
     by_time = sorted(items, key=lambda item: when(item[1]), reverse=True)
-    return sorted(by_time, key=lambda item: preference[item[0]])
+    return sorted(by_time, key=lambda item: (preference[item[0]], is_derived(item[1])))
 
 
 def select_views(datasets: Iterable[Dataset], *, require_frontal: bool = True) -> ViewSelection:

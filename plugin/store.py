@@ -1,5 +1,9 @@
 """Write-back of draft SRs: a local copy first, then C-STORE to allow-listed destinations only.
 
+Every path out (``store``, ``keep_local``, ``send``) first checks the SR's research labels
+(:func:`unirg.sr_writer.check_research_labels`): an SR lacking any is refused with
+:class:`unirg.sr_writer.ResearchLabelMissing` naming what is missing, and nothing is written or sent.
+
 :class:`SRStore` keeps ``<sr_dir>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (atomic write) and sends
 that very file to every configured destination. There are no retries here: a failed store raises
 :class:`StoreFailed` and the job queue retries the whole job with backoff (re-sending is harmless:
@@ -18,9 +22,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from unirg.plugin.config import Peer, StoreConfig
+from unirg.plugin.paths import uid_path
 from unirg.sr_writer.io import write_bytes_atomic
+from unirg.sr_writer.labels import ResearchLabelMissing, check_research_labels
 
-__all__ = ["SRStore", "StoreFailed", "DestinationNotAllowed", "StoreOutcome", "sr_bytes"]
+__all__ = ["SRStore", "StoreFailed", "DestinationNotAllowed", "StoreOutcome", "sr_bytes", "refuse_unlabelled"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,16 @@ def sr_bytes(sr: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def refuse_unlabelled(sr: Dataset, destination: str) -> None:
+    """Raise :class:`ResearchLabelMissing` (logged ``event=sr_refused``) when ``sr`` lacks a research label."""
+    try:
+        check_research_labels(sr)
+    except ResearchLabelMissing as exc:
+        log.error("event=sr_refused sr=%s study=%s destination=%s reason=%r", sr.get("SOPInstanceUID", "?"),
+                  sr.get("StudyInstanceUID", "?"), destination, "; ".join(exc.missing))
+        raise
+
+
 class SRStore:
     """Local copy + C-STORE to the allow-list.
 
@@ -79,7 +95,8 @@ class SRStore:
         self.calling_ae_title = config.calling_ae_title or calling_ae_title
 
     def keep_local(self, sr: Dataset) -> Path:
-        path = self.local_dir / str(sr.StudyInstanceUID) / f"{sr.SOPInstanceUID}.dcm"
+        refuse_unlabelled(sr, "local")
+        path = uid_path(self.local_dir, sr.StudyInstanceUID, sr.SOPInstanceUID)  # UnsafePath if not UIDs
         write_bytes_atomic(path, sr_bytes(sr))
         return path
 
@@ -88,6 +105,7 @@ class SRStore:
         if destination not in self.destinations:
             raise DestinationNotAllowed(f"{destination} is not in [store] destinations")
         ds = dcmread(path, stop_before_pixels=True)
+        refuse_unlabelled(ds, str(destination))
         ae = AE(ae_title=self.calling_ae_title)
         ae.connection_timeout = self.config.connect_timeout_s
         ae.acse_timeout = self.config.acse_timeout_s
@@ -118,12 +136,19 @@ class SRStore:
     def store(self, sr: Dataset, destinations: Sequence[Peer] | None = None) -> StoreOutcome:
         """Keep the local copy, then send to every destination (all of them by default).
 
-        Raises :class:`StoreFailed` after trying every destination if any failed.
+        Raises :class:`StoreFailed` after trying every destination if any failed, and
+        :class:`ResearchLabelMissing` (nothing written or sent) when the SR lacks a research label, and
+        :class:`DestinationNotAllowed` (nothing written or sent) when a destination is not allow-listed.
         """
+        targets = list(self.destinations if destinations is None else destinations)
+        refused = [str(d) for d in targets if d not in self.destinations]
+        if refused:
+            raise DestinationNotAllowed(f"{', '.join(refused)} not in [store] destinations "
+                                        f"({', '.join(map(str, self.destinations)) or 'empty'}); nothing sent")
         path = self.keep_local(sr)
         outcome = StoreOutcome(local_path=path)
         errors = []
-        for dest in self.destinations if destinations is None else destinations:
+        for dest in targets:
             try:
                 code = self.send(path, dest)
             except StoreFailed as exc:

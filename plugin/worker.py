@@ -11,6 +11,8 @@ Failure handling, all through the queue (:mod:`unirg.plugin.queue`):
   dead-letter after ``max_attempts``;
 * :class:`PermanentJobError` or a ``ValueError`` from the pipeline (e.g. sr_writer's ``SRInputError``)
   -> dead-letter at once: the same input would fail the same way;
+* an SR from the pipeline that lacks a research label (``unirg.sr_writer.check_research_labels``) is
+  refused before anything is stored: logged ``event=sr_refused``, dead-lettered with the missing labels;
 * a worker killed at any point -> its lease expires -> another worker (or the restarted one) claims the
   job again. Storing twice is harmless: SR UIDs are deterministic (from the study UID and model
   version, plus the revision for re-runs), so the PACS keeps one instance.
@@ -39,6 +41,8 @@ from unirg.plugin.assemble import StudyLedger
 from unirg.plugin.priors import PriorsFetcher, PriorsResult
 from unirg.plugin.queue import Job, JobQueue
 from unirg.plugin.store import SRStore, StoreFailed
+from unirg.plugin.paths import UnsafePath
+from unirg.sr_writer.labels import ResearchLabelMissing, check_research_labels
 
 __all__ = [
     "ProcessStudy", "PermanentJobError", "InstanceSource", "DataDirSource", "Worker", "revise_sr",
@@ -263,11 +267,25 @@ class Worker:
                     return None
                 model_s = time.monotonic() - t_model
                 sr = revise_sr(sr, job.revision, self._predecessor(job) if job.revision else None)
+                try:  # the door: nothing unlabelled is stored anywhere, the local copy included
+                    check_research_labels(sr)
+                except ResearchLabelMissing as exc:
+                    log.error("event=sr_refused job=%d study=%s sr=%s reason=%r", job.id, job.study_uid,
+                              exc.sop_instance_uid, "; ".join(exc.missing))
+                    self._fail(job, f"pipeline output refused: {exc}", permanent=True)
+                    return None
                 if lease_lost.is_set() or not self.queue.still_owned(job):
                     log.warning("event=job_lease_lost job=%d study=%s note='another worker owns it now'",
                                 job.id, job.study_uid)
                     return None
                 outcome = self.store.store(sr)
+            except ResearchLabelMissing as exc:  # a store's own door (already logged there)
+                self._fail(job, f"pipeline output refused: {exc}", permanent=True)
+                return None
+            except UnsafePath as exc:  # a UID that is no UID would make a path outside our dirs: no retry
+                log.error("event=unsafe_path job=%d study=%r reason=%r", job.id, job.study_uid, str(exc))
+                self._fail(job, f"refused: {exc}", permanent=True)
+                return None
             except StoreFailed as exc:  # already logged per destination; the queue retries with backoff
                 self._fail(job, f"write-back failed: {exc}")
                 return None

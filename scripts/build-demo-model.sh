@@ -22,10 +22,26 @@ TESTBED="var/testbed-demo"
 PATIENTS="${UNIRG_DEMO_PATIENTS:-400}"
 THREADS="${UNIRG_DEMO_THREADS:-2}"
 
+# The manifest says the model was trained on synthetic data only ("training_data": "synthetic"; sft
+# writes it for testbed data): its drafts' disclaimer then says so. Added here to models built before.
+mark_synthetic() {
+  "$PY" - "$1/unirg-model.json" <<'PYEOF'
+import json, os, sys
+path = sys.argv[1]
+manifest = json.load(open(path, encoding="utf-8"))
+if manifest.get("training_data") != "synthetic":
+    manifest["training_data"] = "synthetic"
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
+    os.replace(path + ".tmp", path)
+PYEOF
+}
+
 if [ "${1:-}" = "--force" ]; then
   rm -rf "$MODEL"
 fi
 if [ -f "$MODEL/unirg-model.json" ]; then
+  mark_synthetic "$MODEL"
   echo "build-demo-model: $MODEL exists ($(grep -m1 '"version"' "$MODEL/unirg-model.json" | tr -d ' ,'))"
   exit 0
 fi
@@ -51,6 +67,7 @@ echo "build-demo-model: training (TRL SFTTrainer, $THREADS threads)"
   --eval-fraction 0.15 --save-steps 0 --logging-steps 50 --threads "$THREADS" \
   --name unirg-demo --evaluate --eval-institutions C --eval-max-studies 120
 rm -rf "$WORK/checkpoints"
+mark_synthetic "$WORK"
 rm -rf "$MODEL"
 mv "$WORK" "$MODEL"
 end=$(date +%s)

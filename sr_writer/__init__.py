@@ -12,6 +12,7 @@ from unirg.sr_writer.inputs import (
     SRInputError,
 )
 from unirg.sr_writer.io import write_dataset_atomic
+from unirg.sr_writer.labels import ResearchLabelMissing, check_research_labels, missing_research_labels
 from unirg.sr_writer.read import ReportText, read_report
 
 __all__ = [
@@ -21,9 +22,12 @@ __all__ = [
     "ModelInfo",
     "ReportSections",
     "ReportText",
+    "ResearchLabelMissing",
     "SRInputError",
     "build_draft_sr",
     "build_reference_sr",
+    "check_research_labels",
+    "missing_research_labels",
     "read_report",
     "write_dataset_atomic",
 ]

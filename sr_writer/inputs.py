@@ -46,11 +46,15 @@ class ModelInfo:
         Model version, e.g. ``"2026.11.1"`` (at most 64 characters).
     weights_sha256 : str
         SHA-256 of the weights as 64 hex digits, or ``""`` when unknown.
+    synthetic_training_data : bool
+        The model was trained on synthetic data only (its manifest's ``"training_data":
+        "synthetic"``); the draft's disclaimer then says so.
     """
 
     name: str
     version: str
     weights_sha256: str = ""
+    synthetic_training_data: bool = False
 
     def __post_init__(self) -> None:
         _check_lo("ModelInfo.name", self.name)
@@ -116,6 +120,14 @@ def check_text(arg: str, value: str | None) -> str:
     return value.strip()
 
 
+#: SOP Class UID prefix of the Structured Report storage classes.
+SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+def _is_sr(ds: Dataset) -> bool:
+    return str(ds.get("SOPClassUID", "")).startswith(SR_CLASS_PREFIX) and not any(k in ds for k in _PIXEL_KEYWORDS)
+
+
 def _is_image(ds: Dataset) -> bool:
     sop_class = str(ds.get("SOPClassUID", ""))
     has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
@@ -131,7 +143,7 @@ TYPE2 = (
 )
 
 
-def image_headers(arg: str, images: Sequence[Dataset]) -> list[Dataset]:
+def image_headers(arg: str, images: Sequence[Dataset], *, allow_sr: bool = False) -> list[Dataset]:
     """Check source images and return copies without pixel data.
 
     Parameters
@@ -140,6 +152,8 @@ def image_headers(arg: str, images: Sequence[Dataset]) -> list[Dataset]:
         Argument name used in error messages (``"current"`` or ``"priors"``).
     images : Sequence[pydicom.dataset.Dataset]
         Image datasets.
+    allow_sr : bool
+        Also accept SR documents (the prior report whose text the model was given).
 
     Raises
     ------
@@ -153,12 +167,13 @@ def image_headers(arg: str, images: Sequence[Dataset]) -> list[Dataset]:
         where = f"{arg}[{i}]"
         if not isinstance(ds, Dataset):
             raise SRInputError(f"{where} must be a pydicom Dataset, got {type(ds).__name__}")
-        if not _is_image(ds):
+        if not (_is_image(ds) or (allow_sr and _is_sr(ds))):
             sop_class = UID(str(ds.get("SOPClassUID", "")))
             raise SRInputError(
                 f"{where} is not an image (SOP Class {sop_class.name or 'missing'}, "
                 f"pixel data {'present' if any(k in ds for k in _PIXEL_KEYWORDS) else 'absent'}); "
                 "only image instances can be evidence"
+                + (", and SR documents among the priors" if allow_sr else "")
             )
         missing = [k for k in REQUIRED if not str(ds.get(k, "") or "").strip()]
         if missing:

@@ -1,7 +1,9 @@
 """Shared test fixtures: paths and the independent SR validators."""
 
+import os
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -18,6 +20,23 @@ def run_validate_sr(*paths: Path) -> str:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"validate-sr reported problems:\n{output}"
     return output
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Something the set-up provides (PostgreSQL, a package from requirements) is missing: skip on a
+    developer machine, fail with ``CI=true``, where scripts/bootstrap.sh provides it, so missing is a bug."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true, where scripts/bootstrap.sh provides it, so this fails instead of skipping")
+    pytest.skip(reason)
+
+
+def require_postgres() -> None:
+    """Skip (locally) or fail (``CI=true``) unless the test PostgreSQL server answers."""
+    from dicom_peers import PG_ADMIN, postgres_available
+
+    if not postgres_available():
+        where = PG_ADMIN.rsplit("@", 1)[-1]  # no credentials in the message
+        skip_or_fail(f"PostgreSQL not reachable at {where} (start it, or point UNIRG_TEST_PG at one)")
 
 
 @pytest.fixture

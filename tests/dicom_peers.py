@@ -2,8 +2,7 @@
 subprocess runners for ``unirg listen`` / ``unirg worker``, and the *stub pipeline* the worker tests run.
 
 The stub pipeline is what the tests put where the lead's view selection + model will go: it builds the
-draft with the real ``unirg.sr_writer.build_draft_sr`` when that exists (a highdicom Comprehensive SR
-otherwise) from a fixed findings text, and writes into the comparison section either the prior
+draft with the real ``unirg.sr_writer.build_draft_sr`` from a fixed findings text, and writes into the comparison section either the prior
 report's findings or why there was no prior. It tests the *pipeline around the model*, not a model.
 """
 
@@ -299,14 +298,6 @@ def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
 # The stub pipeline (process_study for tests: real SR writing, fixed text, no model)
 # ------------------------------------------------------------------------------------------------
 
-def sr_writer_ready() -> bool:
-    try:
-        from unirg.sr_writer import ModelInfo, ReportSections, build_draft_sr  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def comparison_text(priors: Any) -> str:
     """What the stub pipeline writes as comparison: prior findings, or why there is no prior."""
     if priors and priors[0].report is not None:
@@ -319,58 +310,9 @@ def comparison_text(priors: Any) -> str:
 
 
 def _prior_findings(report: Dataset) -> str:
-    if sr_writer_ready():
-        try:
-            from unirg.sr_writer import read_report
+    from unirg.sr_writer import read_report
 
-            return read_report(report).findings
-        except Exception:  # fall back to a plain walk
-            pass
-    texts: list[str] = []
-
-    def walk(items: Any) -> None:
-        for it in items or []:
-            if it.get("ValueType") == "TEXT":
-                texts.append(str(it.TextValue))
-            walk(it.get("ContentSequence"))
-
-    walk(report.get("ContentSequence"))
-    return " ".join(texts)
-
-
-def _fallback_sr(current: Sequence[Dataset], comparison: str) -> Dataset:
-    """A highdicom Comprehensive SR, used only until unirg.sr_writer exists."""
-    import highdicom as hd
-
-    def text_item(name: tuple[str, str, str], value: str) -> Any:
-        return hd.sr.TextContentItem(name=hd.sr.CodedConcept(*name), value=value,
-                                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-
-    def heading(name: tuple[str, str, str], item: Any) -> Any:
-        c = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept(*name),
-                                       relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        c.ContentSequence = hd.sr.ContentSequence([item])
-        return c
-
-    root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("18748-4", "LN", "Diagnostic Imaging Report"),
-                                      template_id="2000")
-    root.ContentSequence = hd.sr.ContentSequence([
-        heading(("121070", "DCM", "Findings"), text_item(("121071", "DCM", "Finding"), STUB_FINDINGS)),
-        heading(("121072", "DCM", "Impressions"), text_item(("121073", "DCM", "Impression"), STUB_IMPRESSION)),
-        heading(("121060", "DCM", "History"), text_item(("121060", "DCM", "History"), comparison)),
-    ])
-    study = str(current[0].StudyInstanceUID)
-    sr = hd.sr.ComprehensiveSR(
-        evidence=list(current),
-        content=root,
-        series_instance_uid=uid_for("stub-sr-series", study),
-        series_number=900,
-        sop_instance_uid=uid_for("stub-sr", study),
-        instance_number=1,
-        manufacturer="unirg (stub pipeline)",
-        series_description="RESEARCH AI DRAFT (stub pipeline)",
-    )
-    return sr
+    return read_report(report).findings
 
 
 def make_stub_pipeline(config: Any = None) -> Callable[[list[Dataset], Any], Dataset]:
@@ -391,8 +333,6 @@ def make_stub_pipeline(config: Any = None) -> Callable[[list[Dataset], Any], Dat
         if delay:
             time.sleep(delay)
         comparison = comparison_text(priors)
-        if not sr_writer_ready():
-            return _fallback_sr(current, comparison)
         from unirg.sr_writer import ModelInfo, ReportSections, build_draft_sr
 
         evidence_priors = [ds for p in priors for ds in p.images]  # sr_writer takes image evidence only

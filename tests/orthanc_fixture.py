@@ -20,9 +20,32 @@ from typing import Any
 import pytest
 import requests
 
+from conftest import skip_or_fail
 from dicom_peers import free_port, wait_for
+from unirg.plugin.orthanc_source import OrthancClient
 
 ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+
+class ReconnectingSession(requests.Session):
+    """A ``requests.Session`` that, like unirg's :class:`OrthancClient`, sends a request once more on a
+    fresh connection when Orthanc dropped the kept-alive one (Orthanc 1.10 closes idle keep-alive
+    connections after 1 s, and a restart drops them all); only requests that are safe to repeat."""
+
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
+        super().__init__()
+        self.auth = auth
+        self.trust_env = False  # never go through a proxy to loopback
+
+    def request(self, method, url, *args, **kw):
+        try:
+            return super().request(method, url, *args, **kw)
+        except requests.ConnectionError as exc:
+            path = requests.utils.urlparse(url).path
+            if OrthancClient.retry_reason(exc, OrthancClient.retry_safe(method, path)) is None:
+                raise
+            self.close()
+            return super().request(method, url, *args, **kw)
 
 
 def orthanc_available() -> bool:
@@ -51,8 +74,7 @@ class Orthanc:
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.proc: subprocess.Popen | None = None
-        self.session = requests.Session()
-        self.session.trust_env = False  # never go through a proxy to loopback
+        self.session = ReconnectingSession()
 
     @property
     def url(self) -> str:
@@ -181,7 +203,7 @@ class Orthanc:
 def orthanc_factory(tmp_path: Path) -> Iterator[Any]:
     """``orthanc_factory(modalities=..., aet=...)`` -> a started :class:`Orthanc`; all stopped at teardown."""
     if not orthanc_available():
-        pytest.skip("Orthanc not installed")
+        skip_or_fail(f"Orthanc not installed at {ORTHANC_BIN} (scripts/bootstrap.sh installs it)")
     started: list[Orthanc] = []
 
     def make(**kw: Any) -> Orthanc:

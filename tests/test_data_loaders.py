@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from unirg.trainer import synth
 from unirg.trainer.data import (
     ImageRef,
     Sample,
@@ -48,7 +49,6 @@ def _by_id(samples: list[Sample]) -> dict[str, Sample]:
 
 
 # -- synthetic testbed -----------------------------------------------------------------------------------------
-synth = pytest.importorskip("unirg.trainer.synth")
 
 
 @pytest.fixture(scope="module")

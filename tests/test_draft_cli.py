@@ -8,11 +8,10 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
+from unirg.trainer import synth
 from unirg.plugin.draft_cli import DEFAULT_MODEL_ENV, draft
 from unirg.sr_writer import read_report
 from conftest import train_tiny_sft
-
-synth = pytest.importorskip("unirg.trainer.synth")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -2,46 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from unirg.trainer.data import load_dataset, split_of
 from unirg.trainer.eval_cli import eval_command
-
-HAVE_SYNTH = importlib.util.find_spec("unirg.trainer.synth") is not None
-
-
-def _fixture_manifest(root: Path) -> Path:
-    """A JSONL-manifest stand-in for the testbed (used only when unirg.trainer.synth is missing)."""
-    texts = ["Moderate cardiomegaly.", "Small left pleural effusion.", "Clear lungs.", "Right pneumothorax."]
-    lines = []
-    for p in range(6):
-        for k in range(2):
-            img = root / f"p{p}" / f"s{k}.png"
-            img.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("L", (64, 64), 40 * k + 20).save(img)
-            lines.append({"patient_id": f"p{p}", "study_id": f"p{p}s{k}", "image": str(img.relative_to(root)),
-                          "findings": texts[(p + k) % 4], "impression": "See findings.", "institution": "ABC"[p % 3],
-                          "sex": "MF"[p % 2], "age": 30 + 10 * p, "study_date": f"2020010{k + 1}"})
-    path = root / "manifest.jsonl"
-    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    return root
+from unirg.trainer.synth import generate_testbed
 
 
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("testbed")
-    if HAVE_SYNTH:
-        from unirg.trainer.synth import generate_testbed
-
-        generate_testbed(root, patients=5, seed=11, size=128)
-        return root
-    return _fixture_manifest(root)
+    generate_testbed(root, patients=5, seed=11, size=128)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +112,9 @@ def test_eval_patient_split_and_errors(testbed, predictions, tmp_path):
     assert r.exit_code == 1 and "nothing to evaluate" in r.output
 
 
-@pytest.mark.skipif(not HAVE_SYNTH, reason="needs DICOM studies from unirg.trainer.synth")
 def test_eval_drafts_with_a_model(testbed, tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from unirg.plugin.infer.tiny import build_tiny
 
     threads = torch.get_num_threads()

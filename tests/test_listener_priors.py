@@ -11,14 +11,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import JPEGLSLossless
 
-from dicom_peers import free_port, make_cxr, save, sr_writer_ready, write_study
+from dicom_peers import free_port, make_cxr, save, write_study
 import orthanc_fixture
 from unirg.plugin.config import PriorsConfig
 from unirg.plugin.priors import PriorsFetcher
 
 orthanc_factory = orthanc_fixture.orthanc_factory  # the fixture, for this module
-
-pytestmark = pytest.mark.skipif(not sr_writer_ready(), reason="unirg.sr_writer not available")
 
 PATIENT = "PRIORS-1"
 PRIOR_FINDINGS = {"20220301": "Small left pleural effusion.", "20230615": "Mild cardiomegaly, no effusion."}
@@ -122,3 +120,79 @@ def test_no_pacs_or_no_patient_id():
     for d in ds:
         del d.PatientID
     assert "no PatientID" in PriorsFetcher(PriorsConfig(pacs="X@127.0.0.1:1")).fetch(ds).reason
+
+
+# -- the one prior policy (unirg.plugin.prior_policy) over DIMSE --------------------------------------
+def test_human_preliminary_report_beats_newer_unirg_and_other_ai_drafts_and_reaches_the_prompt(
+        orthanc_factory, tmp_path, validate_sr):
+    """The newest SR of the prior is our own draft (and another vendor's AI report): the radiologist's
+    preliminary report is still the prior report, in the prompt and in the SR's evidence."""
+    from prior_reports import human_report, other_ai_report, our_draft
+    from unirg.plugin.infer.prompt import build_prompt
+    from unirg.plugin.infer.study import Draft
+    from unirg.plugin.pipeline import prepare_study, sr_from_draft
+    from unirg.sr_writer import ModelInfo
+
+    orthanc = orthanc_factory(modalities={"unirg": ("UNIRG", "127.0.0.1", free_port())})
+    paths = write_study(tmp_path / "prior", patient_id=PATIENT, study_date="20230615", seed=7)
+    images = [dcmread(p) for p in paths]
+    t0 = datetime.datetime(2023, 6, 15, 12, 0)
+    prelim = human_report(images, "Preliminary: small right effusion.", t0, verified=False, complete=False)
+    later = t0 + datetime.timedelta(days=2)
+    orthanc.upload(*paths, save(prelim, tmp_path / "prior" / "prelim.dcm"),
+                   save(our_draft(images, "OUR OLD DRAFT", later), tmp_path / "prior" / "draft.dcm"),
+                   save(other_ai_report(images, "OTHER AI", later), tmp_path / "prior" / "other.dcm"))
+    priors = PriorsFetcher(PriorsConfig(pacs=orthanc.peer, max_priors=1)).fetch(current_study())
+    assert priors.reason is None and len(priors) == 1
+    assert priors[0].report.SOPInstanceUID == prelim.SOPInstanceUID
+    prepared = prepare_study(current_study(), priors)
+    prompt = build_prompt(prepared.study_input).text_only()
+    assert "Prior report: Findings: Preliminary: small right effusion." in prompt
+    draft = Draft.from_text("Findings: Clear.\nImpression: Normal.", prompt_text=prompt,
+                            model_info=ModelInfo("unirg-tests", "1"))
+    sr = sr_from_draft(draft, prepared, content_datetime=datetime.datetime(2024, 1, 5, 11))
+    used = {r.ReferencedSOPInstanceUID for st in sr.PertinentOtherEvidenceSequence
+            for se in st.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+    frontal = next(ds for ds in images if ds.ViewPosition == "PA")
+    assert used == {frontal.SOPInstanceUID, prelim.SOPInstanceUID}
+    validate_sr(save(sr, tmp_path / "out.dcm"))
+
+
+def test_max_age_limits_the_cfind_to_recent_priors(pacs):
+    priors = PriorsFetcher(PriorsConfig(pacs=pacs.peer, max_priors=5, max_age="1Y")).fetch(current_study())
+    assert priors.reason is None and [p.study_date for p in priors] == ["20230615"]
+    priors = PriorsFetcher(PriorsConfig(pacs=pacs.peer, max_priors=5, max_age="2Y")).fetch(current_study())
+    assert [p.study_date for p in priors] == ["20230615", "20220301"]
+
+
+def test_skip_local_reads_a_prior_held_by_the_listener_and_still_asks_for_its_report(pacs, tmp_path):
+    """The listener received the 2023 study itself (ledger + data dir): its images are read from there,
+    not retrieved again; its report SR is still retrieved from the PACS."""
+    from unirg.plugin.assemble import StudyLedger, classify_instance
+    from unirg.plugin.priors import LocalPriors
+    from unirg.plugin.queue import make_engine
+    from unirg.plugin.receive import InstanceSink
+
+    ledger = StudyLedger(make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite3'}"))
+    ledger.create_schema()
+    data_dir = tmp_path / "data"
+    for path in (tmp_path / "20230615").glob("*.dcm"):
+        ds = dcmread(path)
+        if ds.Modality == "SR":
+            continue
+        ds.ImageComments = "held by the listener"
+        rel = InstanceSink.relative_path(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+        save(ds, data_dir / rel)
+        ledger.record_instance(classify_instance(ds), rel, "SENDER")
+    local = LocalPriors(ledger, data_dir)
+
+    priors = PriorsFetcher(PriorsConfig(pacs=pacs.peer, max_priors=2), local=local).fetch(current_study())
+    assert priors.reason is None and [p.study_date for p in priors] == ["20230615", "20220301"]
+    held, other = priors
+    assert len(held.images) == 2 and {ds.get("ImageComments") for ds in held.images} == {"held by the listener"}
+    assert held.read_report().findings == PRIOR_FINDINGS["20230615"]  # the report still came from the PACS
+    assert len(other.images) == 2 and all("ImageComments" not in ds for ds in other.images)
+
+    again = PriorsFetcher(PriorsConfig(pacs=pacs.peer, max_priors=1, skip_local=False), local=local)
+    [fresh] = again.fetch(current_study())
+    assert len(fresh.images) == 2 and all("ImageComments" not in ds for ds in fresh.images)

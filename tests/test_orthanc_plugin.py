@@ -205,6 +205,9 @@ def test_rest_callback_answers_through_the_sdk_output(loaded):
     out = FakeOutput()
     routes[PATTERNS[6]](out, "/unirg/studies/1.2.3/rerun", method="GET", get={}, groups=["1.2.3"])
     assert out.answer == ("405", 405, b"", "POST")
+    out = FakeOutput()  # this Orthanc's configuration has no "AuthenticationEnabled": no re-run
+    routes[PATTERNS[6]](out, "/unirg/studies/1.2.3/rerun", method="POST", get={}, groups=["1.2.3"], body=b"")
+    assert out.answer[:2] == ("status", 403) and "AuthenticationEnabled" in json.loads(out.answer[2])["error"]
 
 
 # -- the recorder: change log, cursor, history, bad changes ----------------------------------------------
@@ -334,7 +337,7 @@ def test_routes_draft_json_text_jobs(db):
         fake.store(ds)
     uid = str(images[0].StudyInstanceUID)
     ChangeRecorder(ledger, assembler, fake).catch_up()
-    routes = Routes(_PluginLike(queue, ledger, assembler, fake))
+    routes = Routes(_PluginLike(queue, ledger, assembler, fake), authentication=True)
     r = routes.handle("GET", f"/unirg/studies/{uid}/draft")
     assert r.status == 404 and json.loads(r.body)["state"] == "queued"
     sr = draft_of(images, findings="Right lower lobe opacity.")
@@ -358,7 +361,15 @@ def test_routes_draft_json_text_jobs(db):
     assert routes.handle("GET", "/unirg/jobs/999").status == 404
     assert routes.handle("GET", "/unirg/nothing").status == 404
     assert routes.handle("POST", f"/unirg/studies/{uid}/rerun", body=b"not json").status == 400
+    assert routes.handle("GET", f"/unirg/studies/{uid}/rerun").status == 405  # no state change by GET
+    # Orthanc without HTTP authentication: reads still work, the re-run is refused and changes nothing.
+    open_routes = Routes(_PluginLike(queue, ledger, assembler, fake))
+    assert open_routes.handle("GET", f"/unirg/studies/{uid}/draft").status == 200
+    refused = open_routes.handle("POST", f"/unirg/studies/{uid}/rerun")
+    assert refused.status == 403 and "AuthenticationEnabled" in json.loads(refused.body)["error"]
+    assert [j["revision"] for j in queue.find(uid)] == [0]
     assert routes.handle("POST", f"/unirg/studies/{uid}/rerun").status == 200
+    assert sorted(j["revision"] for j in queue.find(uid)) == [0, 1]
 
 
 # -- configuration -------------------------------------------------------------------------------------
@@ -432,3 +443,40 @@ def test_orthanc_priors_keep_exact_patient_id_matches_only(tmp_path):
     priors = OrthancPriors(client, PriorsConfig(max_priors=2)).fetch(current)
     assert priors.reason is None and [p.study_uid for p in priors] == [str(mine[0].StudyInstanceUID)]
     assert client.loaded == ["a"]
+
+
+# -- credentials and C-STORE defaults of `unirg orthanc` ---------------------------------------------------
+def test_with_credentials_generates_only_when_nothing_is_given(tmp_path):
+    from unirg.plugin.orthanc_cli import DEFAULT_USER, with_credentials
+
+    given, generated = with_credentials(test_config(tmp_path, **{"orthanc.user": "alice", "orthanc.password": "pw"}))
+    assert (given.orthanc.user, given.orthanc.password, generated) == ("alice", "pw", False)
+    env_only, generated = with_credentials(test_config(tmp_path, **{"orthanc.password": "from-env"}))
+    assert (env_only.orthanc.user, env_only.orthanc.password, generated) == (DEFAULT_USER, "from-env", False)
+    made, generated = with_credentials(test_config(tmp_path))
+    again, _ = with_credentials(test_config(tmp_path))
+    assert generated and made.orthanc.user == DEFAULT_USER and len(made.orthanc.password) >= 32
+    assert made.orthanc.password != again.orthanc.password
+    cfg = orthanc_config_for(made)
+    assert cfg["AuthenticationEnabled"] is True and cfg["RegisteredUsers"] == {DEFAULT_USER: made.orthanc.password}
+    assert cfg["DicomAlwaysAllowStore"] is False and cfg["DicomCheckModalityHost"] is False
+
+
+def test_write_config_generates_a_password_once_in_a_0600_file(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from unirg.plugin.orthanc_cli import orthanc as orthanc_command
+
+    for key in ("UNIRG_ORTHANC_USER", "UNIRG_ORTHANC_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+    out = tmp_path / "orthanc.json"
+    result = CliRunner().invoke(orthanc_command, ["--write-config", str(out), "--data-dir", str(tmp_path / "d"),
+                                                  "--modality", "cr1=CR_ROOM1@192.0.2.5:104"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert (out.stat().st_mode & 0o777) == 0o600
+    assert written["AuthenticationEnabled"] is True
+    ((user, password),) = written["RegisteredUsers"].items()
+    assert user == "unirg" and result.stderr.count(password) == 1 and password not in result.stdout
+    assert written["DicomAlwaysAllowStore"] is False
+    assert written["DicomModalities"] == {"cr1": ["CR_ROOM1", "192.0.2.5", 104]}

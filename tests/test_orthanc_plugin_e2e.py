@@ -2,8 +2,9 @@
 DICOMweb, HTTP authentication on) as subprocesses, studies in by REST and by DCMTK storescu, drafts
 out through the worker, read back through the /unirg/ routes, and shown in OHIF by headless chromium.
 
-The worker runs the *stub pipeline* (tests/dicom_peers.py: the real unirg.sr_writer SR, fixed findings
-text, comparison from the prior's report): these tests are about the pipeline around the model.
+Most tests run the *stub pipeline* (tests/dicom_peers.py: the real unirg.sr_writer SR, fixed findings
+text, comparison from the prior's report): they are about the pipeline around the model.
+`test_real_pipeline_demo_model_prior_report_reaches_the_prompt` runs the real pipeline and demo model.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dicom_peers import (
     save,
     service_env,
     storescu,
+    storescu_profile,
     storescu_successes,
     wait_for,
     write_toml,
@@ -60,7 +62,8 @@ class OrthancRun:
         base = {
             "listener": {"data_dir": str(self.data)},
             "orthanc": {"http_port": self.http_port, "dicom_port": self.dicom_port, "aet": "UNIRG",
-                        "user": USER, "stable_age_s": 2},
+                        "user": USER, "stable_age_s": 2,
+                        "modalities": ["sender=SENDER@127.0.0.1:104"]},  # storescu's AE: may C-STORE
             "queue": {"lease_s": 3.0, "backoff_base_s": 0.5, "backoff_max_s": 2.0, "poll_interval_s": 0.2},
             "worker": {"pipeline": "dicom_peers:make_stub_pipeline"},
             "logging": {"level": "INFO"},
@@ -70,9 +73,7 @@ class OrthancRun:
         self.config = write_toml(tmp / "unirg.toml", base)
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
-        self.session = requests.Session()
-        self.session.auth = (USER, PASSWORD)
-        self.session.trust_env = False
+        self.session = orthanc_fixture.ReconnectingSession((USER, PASSWORD))
 
     @property
     def url(self) -> str:
@@ -373,6 +374,54 @@ def test_priors_from_a_remote_modality_by_cfind_and_cmove(tmp_path, orthanc_fact
         assert r.jobs(prior_uid) == [] and r.srs(prior_uid) == []
     finally:
         r.stop_all()
+
+
+def test_real_pipeline_demo_model_prior_report_reaches_the_prompt(tmp_path, validate_sr):
+    """No stub: `unirg orthanc` runs unirg.plugin.pipeline with the set-up's demo model. A testbed patient's
+    prior study and its signed report are in Orthanc; the next study arrives by storescu; the prior report's
+    findings reach the model's prompt (logged at debug) and the model's draft is in Orthanc, valid."""
+    from unirg.plugin.pipeline import default_model_path
+    from unirg.trainer.synth import generate_testbed
+
+    model = default_model_path()
+    assert (model / "config.json").is_file(), f"demo model missing at {model}: run scripts/build-demo-model.sh"
+    tb = tmp_path / "testbed"
+    records = generate_testbed(tb, patients=6, seed=3, size=128)
+    latest = next(r for r in reversed(records) if r["prior_study_uid"])
+    prior = next(r for r in records if r["study_uid"] == latest["prior_study_uid"])
+    run = OrthancRun(tmp_path / "run", worker={"pipeline": "unirg.plugin.pipeline:make_process_study"},
+                     model={"path": str(model)}, logging={"level": "DEBUG"})
+    try:
+        run.start()
+        run.upload(*[dcmread(tb / img["path"]) for img in prior["images"]], dcmread(tb / prior["report_sr"]))
+        run.wait_draft(prior["study_uid"], timeout=180)  # a chest study too: the model drafts it first
+        syntaxes = sorted({img["transfer_syntax"] for img in latest["images"]})  # as the station wrote them
+        profile = storescu_profile(tmp_path / "storescu.cfg", syntaxes)
+        sent = storescu([tb / img["path"] for img in latest["images"]], run.dicom_port, called="UNIRG", extra=profile)
+        assert sent.returncode == 0 and storescu_successes(sent.stdout + sent.stderr) == len(latest["images"]), \
+            sent.stdout + sent.stderr
+
+        study_uid = latest["study_uid"]
+        run.wait_draft(study_uid, timeout=180)
+        time.sleep(0.5)
+        (sr,) = run.srs(study_uid)
+        path = tmp_path / "draft.dcm"
+        sr.save_as(path, enforce_file_format=True)
+        validate_sr(path)
+        text = read_report(sr)
+        assert text.is_draft and text.observer_type == "DEVICE" and text.findings
+        assert text.findings != STUB_FINDINGS
+        assert "unirg-demo" in {item.ManufacturerModelName for item in sr.ContributingEquipmentSequence}
+        assert {item.StudyInstanceUID for item in sr.PertinentOtherEvidenceSequence} == {prior["study_uid"]}
+        (job,) = run.jobs(study_uid)
+        assert job["state"] == "done" and job["result"]["priors"]["study_uids"] == [prior["study_uid"]]
+        # the signed prior report, read by the worker from Orthanc, is in this study's prompt
+        prior_findings = " ".join(read_report(dcmread(tb / prior["report_sr"])).findings.split())
+        prompts = [line for line in run.log_text().splitlines() if f"event=prompt study={study_uid}" in line]
+        assert prompts, f"no prompt logged for {study_uid}:\n{run.log_text()[-6000:]}"
+        assert prior_findings in " ".join(prompts[-1].split()), (prior_findings, prompts[-1])
+    finally:
+        run.stop_all()
 
 
 # -- the browser ---------------------------------------------------------------------------------------

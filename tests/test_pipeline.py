@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from unirg.trainer import synth
 from unirg.plugin.infer import GenerationConfig, load_model
 from unirg.plugin.infer.study import Draft, ModelInfo
 from unirg.plugin.pipeline import (
@@ -29,7 +30,6 @@ from unirg.plugin.pipeline import (
 from unirg.sr_writer import ReportSections, build_draft_sr, read_report
 from conftest import train_tiny_sft
 
-synth = pytest.importorskip("unirg.trainer.synth")
 
 GEN = GenerationConfig(max_new_tokens=24, batch_size=4)
 WHEN = dt.datetime(2024, 1, 2, 3, 4, 5)

@@ -8,7 +8,8 @@ from pydicom import dcmread
 
 from unirg.plugin.pipeline import default_model_path, make_process_study
 from unirg.plugin.priors import PriorsResult, PriorStudy
-from unirg.sr_writer import read_report, write_dataset_atomic
+from unirg.sr_writer import check_research_labels, read_report, write_dataset_atomic
+from unirg.sr_writer.build import SYNTHETIC_DATA_NOTE
 from unirg.trainer.synth import generate_testbed
 
 
@@ -42,16 +43,20 @@ def test_pipeline_drafts_with_the_prior_and_says_when_priors_are_missing(testbed
     prior = PriorStudy(study_uid=prior_record["study_uid"], study_date=prior_record["study_date"],
                        images=_study(root, prior_record), report=dcmread(root / prior_record["report_sr"]))
     with_prior = process_study(_study(root, record), PriorsResult([prior]))
-    prior_uids = {img["sop_instance_uid"] for img in prior_record["images"]}
+    # provenance: exactly what went into the prompt, the prior's frontal image and its report SR
+    prior_uids = {img["sop_instance_uid"] for img in prior_record["images"] if img["view"] in ("PA", "AP")}
     referenced = {item.ReferencedSOPInstanceUID
                   for study in with_prior.PertinentOtherEvidenceSequence
                   for series in study.ReferencedSeriesSequence
                   for item in series.ReferencedSOPSequence}
-    assert prior_uids <= referenced
+    assert referenced == prior_uids | {prior.report.SOPInstanceUID}
 
     without = process_study(_study(root, record), PriorsResult([], reason="PACS ORTHANC@127.0.0.1:1 unreachable"))
     assert "PertinentOtherEvidenceSequence" not in without
     assert read_report(without).comparison == "No prior available: PACS ORTHANC@127.0.0.1:1 unreachable."
+    for sr in (with_prior, without):  # the demo model's manifest says synthetic data only; so does the SR
+        check_research_labels(sr)
+        assert SYNTHETIC_DATA_NOTE in read_report(sr).disclaimer
     paths = [write_dataset_atomic(sr, tmp_path / f"{name}.dcm") for name, sr in
              (("with-prior", with_prior), ("without-prior", without))]
     validate_sr(*paths)

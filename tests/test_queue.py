@@ -10,7 +10,8 @@ from collections import Counter
 
 import pytest
 
-from dicom_peers import postgres_available, postgres_database, start_queue_consumer, wait_for
+from conftest import require_postgres
+from dicom_peers import postgres_database, start_queue_consumer, wait_for
 from unirg.plugin.queue import JobQueue, make_engine
 
 
@@ -19,8 +20,7 @@ def queue_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'queue.sqlite3'}"
         return
-    if not postgres_available():
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
+    require_postgres()
     with postgres_database() as url:
         yield url
 

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
+from unirg.trainer import synth
 from unirg.plugin.infer import GenerationConfig
 from unirg.plugin.infer.model import MANIFEST
 from unirg.plugin.infer.reload import CURRENT, ModelWatcher, NoPublishedModel, model_weights_sha256, read_current
@@ -19,7 +20,6 @@ from unirg.trainer.publish import PublishError, publish_model
 from unirg.trainer.train_cli import publish as publish_command
 from conftest import train_tiny_sft
 
-synth = pytest.importorskip("unirg.trainer.synth")
 
 GEN = GenerationConfig(max_new_tokens=12)
 
@@ -196,3 +196,54 @@ def test_publish_command_and_manifest(trained, tmp_path):
     assert clash.exit_code == 1 and "other weights" in clash.output
     with pytest.raises(PublishError, match="letters, digits"):
         publish_model(trained[0], publish_dir, version="../evil")
+
+
+def test_a_pointer_outside_the_publish_dir_is_refused(trained, tmp_path, caplog):
+    """``../``, an absolute path or a symlink out of versions/: refused, the old model keeps serving."""
+    publish_dir = tmp_path / "published"
+    publish_model(trained[0], publish_dir, version="v1")
+    watcher = ModelWatcher(publish_dir)
+    assert watcher.maybe_reload() and watcher.version == "v1"
+    outside = tmp_path / "elsewhere" / "v9"  # a complete, self-consistent model, but not published here
+    shutil.copytree(publish_dir / "versions" / "v1", outside)
+    (publish_dir / "versions" / "v8").symlink_to(outside, target_is_directory=True)
+    pointer = json.loads((publish_dir / CURRENT).read_text())
+    for version, path in (("v9", "versions/../../elsewhere/v9"), ("v10", str(outside)), ("v8", "versions/v8")):
+        (publish_dir / CURRENT).write_text(json.dumps({**pointer, "version": version, "path": path}))
+        with pytest.raises(ValueError, match="not a folder directly in"):
+            read_current(publish_dir)
+        assert not watcher.maybe_reload() and watcher.version == "v1"
+    assert "cannot read the publish pointer" in caplog.text
+    publish_model(trained[1], publish_dir, version="v2")  # re-publishing repairs the pointer
+    assert watcher.maybe_reload() and watcher.version == "v2"
+
+
+def test_tampered_version_without_a_pointer_hash_is_refused(trained, study, tmp_path, caplog):
+    """The manifest's hash is checked against the files even when the pointer names none."""
+    publish_dir = tmp_path / "published"
+    publish_model(trained[0], publish_dir, version="v1")
+    watcher = ModelWatcher(publish_dir)
+    assert watcher.maybe_reload()
+    bad = publish_dir / "versions" / "v2"
+    shutil.copytree(publish_dir / "versions" / "v1", bad)
+    manifest = json.loads((bad / MANIFEST).read_text())
+    (bad / MANIFEST).write_text(json.dumps({**manifest, "version": "v2"}))
+    shutil.copyfile(trained[1] / "model.safetensors", bad / "model.safetensors")  # other weights, old hash
+    (publish_dir / CURRENT).write_text(json.dumps({"version": "v2", "path": "versions/v2"}))
+    assert not watcher.maybe_reload() and watcher.version == "v1"
+    assert "WeightsMismatch" in caplog.text and "hash to" in caplog.text
+    with watcher.job() as model:
+        draft, _sr = draft_study(model, study, (), GEN)
+    assert draft.model_info.weights_sha256 == model_weights_sha256(trained[0])
+    fresh = ModelWatcher(publish_dir, fallback=trained[0])  # refused at start: the fallback serves
+    assert fresh.current().info.weights_sha256 == model_weights_sha256(trained[0]) and fresh.version is None
+
+
+def test_hot_reload_passes_the_remote_code_opt_in(tmp_path):
+    from unirg.plugin.infer.families import RemoteCodeNotTrusted
+    from unirg.plugin.infer.tiny import build_tiny
+
+    maira = build_tiny("maira2", tmp_path / "maira2_watch")
+    with pytest.raises(RemoteCodeNotTrusted, match="--trust-remote-code"):
+        ModelWatcher(tmp_path / "published", fallback=maira).current()
+    assert ModelWatcher(tmp_path / "published", fallback=maira, trust_remote_code=True).current().adapter.name == "maira2"

@@ -207,3 +207,35 @@ def test_rl_prompts_match_sft_prompts(testbed):
         assert list(ours.frontal.getdata()) == list(theirs.frontal.getdata())
         checked += 1
     assert checked >= 3
+
+
+def test_grpo_unirg_step2_with_the_smollm2_judge(tiny, testbed, tmp_path):
+    """The `unirg-step2` config (trainer/configs/unirg-step2.toml: step 1's reward + 0.5 x the judge, KL) with
+    the real SmolLM2-135M judge on CPU, shrunk to two steps of one prompt x 4 rollouts."""
+    from test_judge import GGUF_NAME, _smollm2_dir
+
+    from unirg.trainer.rl import RLResult
+
+    config = Path(__file__).resolve().parents[1] / "trainer" / "configs" / "unirg-step2.toml"
+    judge = {"backend": "transformers", "model": str(_smollm2_dir()), "gguf_file": GGUF_NAME,
+             "max_new_tokens": 48, "batch_size": 4, "cache": str(tmp_path / "judge.sqlite")}
+    overrides = dict(
+        sft=str(tiny), data=str(testbed), output_dir=str(tmp_path / "step2"), judge=judge,
+        max_train_samples=2, num_generations=4, per_device_train_batch_size=4,  # one prompt x 4 rollouts a step
+        gradient_accumulation_steps=1, max_completion_length=8, max_steps=2, save_steps=10, logging_steps=1,
+        learning_rate=1e-3, gradient_checkpointing=False, image_size=64, lora_r=4, lora_alpha=8,
+        lora_dropout=0.0, scaling_pairs=16, seed=0,
+    )
+    cfg = load_rl_config(config, overrides=overrides)
+    assert cfg.preset == "unirg-step2" and cfg.reward_components["judge"] == 0.5 and cfg.beta == 0.03
+    result: RLResult = train_rl(cfg)
+    steps = [h for h in result.log_history if "loss" in h]
+    assert len(steps) == 2 and result.global_step == 2
+    for entry in steps:
+        assert "rewards/judge/mean" in entry and "judge/parse_rate" in entry and "kl" in entry
+        assert 0.0 <= entry["judge/parse_rate"] <= 1.0
+    # every rollout was judged; the unparsed ones are counted (missing rewards, not zeros)
+    print(f"\nstep2 judge: {result.judge}, parse rate per step {[e['judge/parse_rate'] for e in steps]}")
+    assert result.judge["judged"] == 8, result.judge
+    assert result.judge["unparsed"] == sum(round(e["judge/unparsed"]) for e in steps)
+    assert json.loads((tmp_path / "step2" / "rl_run.json").read_text())["judge"] == result.judge

@@ -147,8 +147,8 @@ def test_chest_hints():
         (report(), "structured report"),
         (report(BasicTextSRStorage), "structured report"),
         (image(sop_class=SecondaryCaptureImageStorage, modality="OT"), "secondary capture"),
-        (image(image_type=("DERIVED", "PRIMARY")), "derived"),
-        (image(image_type=("ORIGINAL", "SECONDARY")), "secondary"),
+        (image(image_type=("DERIVED", "SECONDARY")), "secondary image"),
+        (image(image_type=("ORIGINAL", "SECONDARY")), "secondary image"),
         (image(modality="CT"), "not a radiograph"),
         (image(body_part="KNEE"), "not a chest image"),
         (image(view="RAO"), "neither frontal nor lateral"),
@@ -223,4 +223,84 @@ def test_pa_preferred_over_ap_and_latest_repeat_wins():
     reasons = dict(selection.skipped)
     assert reasons[ap.SOPInstanceUID] == "another frontal image was chosen"
     assert reasons[pa_first.SOPInstanceUID] == "another frontal image was chosen"
-    assert "derived" in reasons[derived.SOPInstanceUID]
+    assert "secondary image" in reasons[derived.SOPInstanceUID]
+
+
+# --- real-world DERIVED\\PRIMARY radiographs ----------------------------------------------
+
+
+def _factory_image(view: str, modality: str, image_type: tuple[str, ...], image: int = 1, **attributes):
+    """A full CR / DX header from tests/dicom_factories.py with the given Image Type."""
+    from dicom_factories import make_chest_image
+
+    ds = make_chest_image(modality=modality, view=view, image=image)
+    ds.ImageType = list(image_type)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _lossy(ds):
+    """What a lossy-compressed archive copy carries (e.g. the NEMA WG04 chest CRs)."""
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = [10.0]
+    ds.LossyImageCompressionMethod = ["ISO_10918_1"]
+    ds.DerivationDescription = "Lossy compression with JPEG baseline, IJG quality factor 75"
+    ds.DerivationCodeSequence = [code_item(codes.DCM.LossyCompression)]
+    return ds
+
+
+@pytest.mark.parametrize("modality", ["CR", "DX"])
+def test_lossy_derived_primary_radiograph_is_accepted(modality):
+    frontal = _lossy(_factory_image("PA", modality, ("DERIVED", "PRIMARY")))
+    lateral = _factory_image("LL", modality, ("DERIVED", "PRIMARY"), image=2,
+                             DerivationDescription="Processed: edge enhancement, unsharp mask")
+    assert skip_reason(frontal) is None and skip_reason(lateral) is None
+    selection = select_views([frontal, lateral])
+    assert selection.frontal is frontal and selection.lateral is lateral and selection.skipped == []
+
+
+@pytest.mark.parametrize("modality", ["CR", "DX"])
+def test_original_is_preferred_over_its_derived_copy_even_when_the_copy_is_newer(modality):
+    original = _factory_image("PA", modality, ("ORIGINAL", "PRIMARY"), image=1, AcquisitionDateTime="20240102101000")
+    copy = _lossy(_factory_image("PA", modality, ("DERIVED", "PRIMARY"), image=2,
+                                 AcquisitionDateTime="20240102101500"))
+    lat_copy = _lossy(_factory_image("LL", modality, ("DERIVED", "PRIMARY"), image=3))
+    lat_original = _factory_image("LL", modality, ("ORIGINAL", "PRIMARY"), image=4)
+    selection = select_views([copy, lat_copy, original, lat_original])
+    assert selection.frontal is original and selection.lateral is lat_original
+    reasons = dict(selection.skipped)
+    assert reasons == {copy.SOPInstanceUID: "another frontal image was chosen",
+                       lat_copy.SOPInstanceUID: "another lateral image was chosen"}
+    # a derived PA still beats an original AP: the view comes first
+    ap = _factory_image("AP", modality, ("ORIGINAL", "PRIMARY"), image=5)
+    assert select_views([ap, copy]).frontal is copy
+
+
+@pytest.mark.parametrize(
+    ("attributes", "image_type"),
+    [
+        ({}, ("DERIVED", "PRIMARY", "SUBTRACTION")),
+        ({}, ("DERIVED", "PRIMARY", "DUAL_ENERGY", "SOFT_TISSUE")),
+        ({}, ("DERIVED", "PRIMARY", "BONE")),
+        ({}, ("DERIVED", "PRIMARY", "KEY_IMAGE")),
+        ({"DerivationDescription": "Annotated by workstation"}, ("DERIVED", "PRIMARY")),
+        ({"DerivationCodeSequence": [code_item(codes.DCM.PixelByPixelSubtraction)]}, ("DERIVED", "PRIMARY")),
+        ({"DerivationCodeSequence": [code_item(codes.DCM.MultiEnergyProportionalWeighting)]}, ("DERIVED", "PRIMARY")),
+        ({"DerivationCodeSequence": [code_item(codes.DCM.SegmentationImageDerivation)]}, ("DERIVED", "PRIMARY")),
+    ],
+)
+def test_derived_objects_that_are_not_the_radiograph_are_still_skipped(attributes, image_type):
+    ds = _factory_image("PA", "DX", image_type, **attributes)
+    reason = skip_reason(ds)
+    assert reason is not None and reason.startswith("derived image that is not the radiograph")
+    with pytest.raises(NoUsableImage, match="not the radiograph"):
+        select_views([ds])
+
+
+def test_secondary_and_secondary_capture_are_still_skipped():
+    for image_type in (("DERIVED", "SECONDARY"), ("ORIGINAL", "SECONDARY")):
+        assert skip_reason(_factory_image("PA", "CR", image_type)).startswith("secondary image")
+    sc = _factory_image("PA", "DX", ("DERIVED", "PRIMARY"), SOPClassUID=SecondaryCaptureImageStorage)
+    assert skip_reason(sc) == "secondary capture"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from unirg.trainer import synth
 from unirg.plugin.infer import GenerationConfig, StudyInput, load_model
 from unirg.plugin.infer.families import adapter_for
 from unirg.plugin.infer.model import MANIFEST
@@ -25,7 +26,6 @@ from unirg.trainer.sft import (
 )
 from unirg.trainer.sft_config import SFTRunConfig
 
-synth = pytest.importorskip("unirg.trainer.synth")
 
 TINY = dict(
     init="tiny-qwen3-vl",

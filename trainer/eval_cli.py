@@ -101,6 +101,8 @@ def _judge(model: str | None, gguf: str | None, base_url: str | None, cache: str
 @click.option("--max-new-tokens", default=300, show_default=True, type=click.IntRange(min=1))
 @click.option("--image-size", default=512, show_default=True, type=click.IntRange(min=16))
 @click.option("--device", default=None, help="--model device (default: cuda when available).")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Run Python code shipped in the --model checkpoint (MAIRA-2 needs it). Read its *.py files first.")
 @click.option("--compare", "compare_with", multiple=True, metavar="NAME=EVAL.json",
               help="Also compare with saved runs (repeatable); the first is the baseline.")
 def eval_command(data: str | None, data_format: str, predictions: str | None, model_path: str | None,
@@ -110,7 +112,7 @@ def eval_command(data: str | None, data_format: str, predictions: str | None, mo
                  embedding_model: str | None, bertscore_model: str | None, bertscore_layers: int | None,
                  judge_model: str | None, judge_gguf_file: str | None, judge_base_url: str | None,
                  judge_cache: str | None, batch_size: int, max_new_tokens: int, image_size: int,
-                 device: str | None, compare_with: tuple[str, ...]) -> None:
+                 device: str | None, trust_remote_code: bool, compare_with: tuple[str, ...]) -> None:
     """Evaluate report drafts: BLEU-2, ROUGE-L, semantic score, SembScore / RadGraph-F1 substitutes,
     RadCliQ-v1, CheXpert-14 / top-5 F1 and judge errors, overall and by institution, sex, age band and
     prior, with bootstrap CIs.
@@ -146,7 +148,10 @@ def eval_command(data: str | None, data_format: str, predictions: str | None, mo
         if model_path:
             from unirg.plugin.infer import GenerationConfig, load_model
 
-            model = load_model(model_path, device=device)
+            try:
+                model = load_model(model_path, device=device, trust_remote_code=trust_remote_code)
+            except ValueError as exc:  # RemoteCodeNotTrusted, WeightsMismatch: say what to do
+                raise click.ClickException(str(exc)) from None
             click.echo(f"drafting {len(samples)} studies with {model.info.name} {model.info.version}", err=True)
             preds = generate_predictions(
                 model, samples, generation=GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size),

@@ -163,7 +163,10 @@ def _publish_locked(
 ) -> PublishResult:
     for stale in target_root.glob(".staging-*"):  # what an interrupted publish left
         shutil.rmtree(stale, ignore_errors=True)
-    previous = read_current(target_root)
+    try:
+        previous = read_current(target_root)
+    except ValueError:  # a broken or outside-pointing current.json: this publish replaces it
+        previous = None
     final = versions / version
     source_sha = model_weights_sha256(source)
     if source_manifest.get("weights_sha256") and source_manifest["weights_sha256"] != source_sha:

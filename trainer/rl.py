@@ -27,6 +27,12 @@ Reward
     composite, while the logged component values stay in their own units. The (mean, std) come from
     :func:`fit_scaling` (mismatched reference pairs of the training set) or the config.
 
+    A judge answer that cannot be parsed is a *missing* reward (``None``), not the worst score: TRL sums the
+    weighted components with ``nansum``, which would count it as 0, so :func:`missing_as_group_mean` gives it
+    the mean judge reward of the rest of its group (no effect on its advantage, none on the group's baseline).
+    Each one is logged (``event=judge_unparsed``) and counted (metric ``judge/unparsed``; ``judge`` in
+    ``rl_run.json`` and :attr:`RLResult.judge`).
+
 Output directory ``OUT`` (``output_dir``)::
 
     OUT/config.json, model.safetensors, tokenizer + processor files, unirg-model.json
@@ -72,6 +78,7 @@ __all__ = [
     "load_policy",
     "load_rl_config",
     "load_samples",
+    "missing_as_group_mean",
     "resolve_rewards",
     "study_input",
     "train_rl",
@@ -196,6 +203,42 @@ def build_reward_funcs(specs: Sequence[RewardSpec], judge_config: dict | None = 
         else:
             funcs.append(build_component(spec.component, **spec.options))
     return funcs
+
+
+def missing_as_group_mean(func: Callable, group_size: int) -> Callable:
+    """``func`` with each ``None`` replaced by the mean of the non-``None`` values of its GRPO group.
+
+    TRL (GRPO and RLOO) gives a reward function the ``group_size`` completions of a prompt next to each
+    other and sums the weighted components with ``nansum``: a ``None`` (NaN) would count as 0. With the
+    group's mean instead, the missing value adds nothing to that completion's advantage and leaves the
+    group's mean as the present values have it, i.e. it is left out of the group. A group with no value
+    keeps its ``None``s (the same for every member: no effect). A batch that is not whole groups is
+    returned as it is. Other attributes (``judge``, counters) stay on the wrapped function, ``.inner``.
+    """
+    def reward(*args: Any, **kw: Any) -> list[float | None]:
+        values = list(func(*args, **kw))
+        if group_size < 2 or len(values) % group_size:
+            return values
+        out: list[float | None] = []
+        for start in range(0, len(values), group_size):
+            group = values[start:start + group_size]
+            present = [float(v) for v in group if v is not None]
+            fill = sum(present) / len(present) if present else None
+            out += [fill if v is None else v for v in group]
+        return out
+
+    reward.__name__ = reward.__qualname__ = getattr(func, "__name__", "reward")
+    reward.inner = func
+    return reward
+
+
+def _judge_counts(funcs: Sequence[Callable]) -> dict[str, int] | None:
+    """How many judge answers the run's judge read and how many it could not parse (missing rewards)."""
+    for f in funcs:
+        judge = getattr(getattr(f, "inner", f), "judge", None)
+        if judge is not None:
+            return {"judged": judge.judged_count, "unparsed": judge.unparsed_count}
+    return None
 
 
 def fit_scaling(specs: Sequence[RewardSpec], funcs: Sequence[Callable], references: Sequence[str], *,
@@ -437,6 +480,8 @@ def build_trainer(cfg: RLConfig, *, samples: Sequence | None = None) -> RLSetup:
     samples = list(samples) if samples is not None else load_samples(cfg)
     references = [format_target(s.findings, s.impression) for s in samples]
     _apply_scaling(cfg, specs, funcs, references)
+    funcs = [missing_as_group_mean(f, cfg.num_generations) if s.component == "judge" else f
+             for s, f in zip(specs, funcs, strict=True)]
     logger.info("%s", reward_table(specs))
     for spec in specs:
         if not spec.real:
@@ -473,6 +518,7 @@ class RLResult:
     train_samples: int
     global_step: int
     wall_s: float
+    judge: dict[str, int] | None = None  # {"judged": N, "unparsed": M} when the reward has a judge term
 
     def metric(self, name: str) -> list[float]:
         """Values of a logged metric over the steps (e.g. ``"frac_reward_zero_std"``)."""
@@ -497,6 +543,18 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _synthetic_only(sft: Path, cfg: RLConfig) -> bool:
+    """The start policy was trained on synthetic data only and RL ran on the synthetic testbed."""
+    from unirg.plugin.infer.model import MANIFEST, TRAINING_DATA
+    from unirg.trainer.data.registry import detect_format
+
+    try:
+        start = json.loads((sft / MANIFEST).read_text(encoding="utf-8"))
+        return start.get(TRAINING_DATA) == "synthetic" and bool(cfg.data) and detect_format(cfg.data) == "testbed"
+    except (OSError, ValueError):
+        return False
+
+
 def _save_outputs(setup: RLSetup, cfg: RLConfig) -> dict:
     """Adapter to ``OUT/adapter``, merged policy + processor + manifest to ``OUT``."""
     from unirg.trainer.sft import save_model_dir, write_manifest
@@ -507,6 +565,8 @@ def _save_outputs(setup: RLSetup, cfg: RLConfig) -> dict:
     name = f"{sft.resolve().name}-{cfg.preset or cfg.algorithm}"
     extra = {"stage": "rl", "preset": cfg.preset, "algorithm": cfg.algorithm, "start_policy": str(sft.resolve()),
              "global_step": trainer.state.global_step}
+    if _synthetic_only(sft, cfg):
+        extra["training_data"] = "synthetic"  # drafts then say so in their disclaimer
     if hasattr(model, "peft_config"):
         sft_is_full = (sft / "config.json").is_file()
         adapter_dir = run_dir / "adapter"
@@ -541,13 +601,15 @@ def train_rl(cfg: RLConfig, *, resume: bool | str | None = None, samples: Sequen
     history = list(setup.trainer.state.log_history)
     result = RLResult(out_dir=setup.run_dir, manifest=manifest, log_history=history,
                       rewards=[s.row() for s in setup.specs], train_samples=setup.train_samples,
-                      global_step=setup.trainer.state.global_step, wall_s=time.monotonic() - started)
+                      global_step=setup.trainer.state.global_step, wall_s=time.monotonic() - started,
+                      judge=_judge_counts(setup.trainer.reward_funcs))
     summary = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "settings": _jsonable(cfg.summary()),
         "rewards": result.rewards,
         "train_samples": result.train_samples,
         "global_step": result.global_step,
+        "judge": result.judge,
         "resumed_from": checkpoint,
         "wall_s": round(result.wall_s, 1),
         "versions": _versions(),

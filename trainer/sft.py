@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from unirg.plugin.infer.families import FamilyAdapter, adapter_for, save_processor
-from unirg.plugin.infer.model import MANIFEST
+from unirg.plugin.infer.model import MANIFEST, TRAINING_DATA
 from unirg.plugin.infer.prompt import format_target
 from unirg.plugin.infer.reload import model_weights_sha256
 from unirg.plugin.infer.study import GenerationConfig, StudyInput, chunked, indication_from_dataset
@@ -305,7 +305,7 @@ def prepare_model(config: SFTRunConfig, base_dir: Path) -> tuple[Any, Any, Famil
 
     Returns ``(model, processor, adapter)``; the model is a ``PeftModel`` with LoRA.
     """
-    adapter = adapter_for(base_dir)
+    adapter = adapter_for(base_dir, trust_remote_code=config.trust_remote_code)
     processor = adapter.load_processor(base_dir)
     device = _device(config)
     model = adapter.load_model(base_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -505,6 +505,7 @@ def train_sft(
     _prepare_out(config)
     set_seed(config.seed)
 
+    synthetic = examples is None  # the testbed loader: synthetic data only
     if examples is None:
         examples = testbed_examples(config.data, institutions=config.institutions, priors=config.priors)
     if not examples:
@@ -599,6 +600,7 @@ def train_sft(
         merge_lora=config.merge_lora,
         family=adapter.name,
         training=training,
+        **({TRAINING_DATA: "synthetic"} if synthetic else {}),  # drafts then say so in their disclaimer
     )
     logger.info("saved %s version %s to %s (%.0f s)", manifest["name"], manifest["version"], out, wall)
     return SFTResult(out, manifest, log_history, list(train), list(held_out), wall)

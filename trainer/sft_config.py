@@ -142,6 +142,8 @@ class SFTRunConfig:
     resume: bool = False
     threads: int | None = None
     device: str | None = None
+    trust_remote_code: bool = False
+    """Run Python code shipped in ``base`` (MAIRA-2 needs it); off: such a base is refused."""
     activation_checkpointing: bool = False
     name: str | None = None
     version: str | None = None

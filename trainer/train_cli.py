@@ -55,6 +55,8 @@ def _institutions(_ctx, _param, value: str | None):
 @click.option("--overwrite", is_flag=True, default=None, help="Start again in an OUT that holds a model.")
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available.")
+@click.option("--trust-remote-code", is_flag=True, default=None,
+              help="Run Python code shipped in the --base checkpoint (MAIRA-2 needs it). Read its *.py files first.")
 @click.option("--name", help="Model name in unirg-model.json (default: OUT's name).")
 @click.option("--version", "model_version", help="Model version (default sft-<weights hash>).")
 @click.option("--evaluate/--no-evaluate", default=False, show_default=True,

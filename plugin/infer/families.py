@@ -23,6 +23,12 @@ pieces: ``AutoTokenizer``, ``AutoImageProcessor`` (which picks the PIL
 ``Qwen2VLImageProcessorPil``), the checkpoint's chat template, and the family's processor
 class with the video part removed. Where torchvision is installed the stock processor
 is used unchanged.
+
+Remote code: a family whose model and processor are Python files shipped inside the
+checkpoint (MAIRA-2) is loaded only when the operator opted in
+(``adapter_for(path, trust_remote_code=True)``; ``--trust-remote-code`` /
+``[model] trust_remote_code``). What ``config.json`` says never switches it on, and
+families that do not need remote code never get it, opted in or not.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ __all__ = [
     "LlavaAdapter",
     "Maira2Adapter",
     "QwenVLAdapter",
+    "RemoteCodeNotTrusted",
     "UnsupportedModel",
     "adapter_for",
     "read_model_type",
@@ -58,6 +65,10 @@ logger = logging.getLogger(__name__)
 
 class UnsupportedModel(ValueError):
     """The checkpoint's ``model_type`` has no adapter."""
+
+
+class RemoteCodeNotTrusted(ValueError):
+    """The checkpoint needs ``trust_remote_code`` and the operator did not opt in."""
 
 
 def read_model_type(path: str | Path) -> str:
@@ -106,17 +117,34 @@ class FamilyAdapter:
     name: ClassVar[str] = "generic"
     model_types: ClassVar[tuple[str, ...]] = ()
     model_class: ClassVar[str] = "AutoModelForImageTextToText"
-    trust_remote_code: ClassVar[bool] = False
+    needs_remote_code: ClassVar[bool] = False
+    """The family's model/processor are Python files in the checkpoint (``auto_map``)."""
     sections: ClassVar[tuple[str, ...]] = ("findings", "impression")
     """Sections the family writes (MAIRA-2 writes findings only)."""
     system_prompt: ClassVar[str | None] = SYSTEM_PROMPT
 
+    def __init__(self, *, trust_remote_code: bool = False) -> None:
+        self.trust_remote_code = bool(trust_remote_code)  # the operator's opt-in
+
+    def remote_code(self, path: str | Path) -> bool:
+        """``trust_remote_code`` for transformers: True only for a family that needs it, when opted in."""
+        if not self.needs_remote_code:
+            return False
+        if not self.trust_remote_code:
+            raise RemoteCodeNotTrusted(
+                f"{path} is a {self.name} checkpoint: its model and processor are Python code shipped in the "
+                "checkpoint (trust_remote_code), which unirg runs only when you opt in. Read the checkpoint's "
+                "*.py files, then pass --trust-remote-code (or set [model] trust_remote_code = true, "
+                "UNIRG_MODEL_TRUST_REMOTE_CODE=1)."
+            )
+        return True
+
     def load_processor(self, path: str | Path) -> Any:
-        return AutoProcessor.from_pretrained(str(path), trust_remote_code=self.trust_remote_code)
+        return AutoProcessor.from_pretrained(str(path), trust_remote_code=self.remote_code(path))
 
     def load_model(self, path: str | Path, **kwargs: Any) -> Any:
         cls = getattr(transformers, self.model_class)
-        return cls.from_pretrained(str(path), trust_remote_code=self.trust_remote_code, **kwargs)
+        return cls.from_pretrained(str(path), trust_remote_code=self.remote_code(path), **kwargs)
 
     def prompts(self, studies: Sequence[StudyInput]):
         return [build_prompt(study, system_prompt=self.system_prompt) for study in studies]
@@ -245,7 +273,7 @@ class Maira2Adapter(FamilyAdapter):
     name = "maira2"
     model_types = ("maira2",)
     model_class = "AutoModelForCausalLM"
-    trust_remote_code = True
+    needs_remote_code = True
     sections = ("findings",)
 
     @staticmethod
@@ -308,12 +336,16 @@ class Maira2Adapter(FamilyAdapter):
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (QwenVLAdapter, Gemma3Adapter, LlavaAdapter, Maira2Adapter)
 
 
-def adapter_for(path_or_model_type: str | Path) -> FamilyAdapter:
-    """The adapter for a checkpoint directory or a ``model_type`` string."""
+def adapter_for(path_or_model_type: str | Path, *, trust_remote_code: bool = False) -> FamilyAdapter:
+    """The adapter for a checkpoint directory or a ``model_type`` string.
+
+    ``trust_remote_code`` is the operator's opt-in; a family that needs remote code refuses
+    to load without it (:class:`RemoteCodeNotTrusted`).
+    """
     text = str(path_or_model_type)
     model_type = read_model_type(text) if Path(text).is_dir() else text
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
-            return adapter()
+            return adapter(trust_remote_code=trust_remote_code)
     known = ", ".join(t for adapter in ADAPTERS for t in adapter.model_types)
     raise UnsupportedModel(f"no adapter for model_type {model_type!r}; supported: {known}")

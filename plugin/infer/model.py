@@ -6,14 +6,16 @@ checkpoint (or adapter) directory when there is one::
     {"name": "unirg-cxr-qwen3vl-2b", "version": "2026.11.1",
      "weights_sha256": "<64 hex digits, optional>"}
 
-Missing fields are computed: ``name`` is the directory name, ``weights_sha256`` is
-:func:`weights_sha256` of the weight files and ``version`` is ``"sha256-"`` plus its
-first 12 hex digits.
+Missing fields are computed: ``name`` is the directory name and ``version`` is
+``"sha256-"`` plus the first 12 hex digits of the weights hash. The weights hash is
+always computed from the weight files that are loaded (once per load, before anything
+is read by transformers); a manifest's ``weights_sha256`` is checked against it and a
+mismatch refuses the load (:class:`WeightsMismatch`), so the SR never names weights
+other than those that wrote it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -25,72 +27,72 @@ from typing import Any
 import torch
 
 from unirg.plugin.infer.families import FamilyAdapter, adapter_for
+from unirg.plugin.infer.reload import WEIGHT_SUFFIXES, directories_weights_sha256
 from unirg.plugin.infer.study import Draft, GenerationConfig, ModelInfo, StudyInput, chunked
 
-__all__ = ["MANIFEST", "ReportModel", "load_model", "model_info", "weights_sha256"]
+__all__ = ["MANIFEST", "ReportModel", "WeightsMismatch", "load_model", "model_info", "weights_sha256"]
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "unirg-model.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-
-_hash_cache: dict[tuple[str, int, int], str] = {}
-_hash_lock = threading.Lock()
+#: Manifest key for what the model was trained on; ``"synthetic"``: synthetic data only (the SR says so).
+TRAINING_DATA = "training_data"
 
 
-def _file_sha256(path: Path) -> str:
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _hash_lock:
-        if key in _hash_cache:
-            return _hash_cache[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    value = digest.hexdigest()
-    with _hash_lock:
-        _hash_cache[key] = value
-    return value
+class WeightsMismatch(ValueError):
+    """The weight files do not hash to what their manifest (or publish pointer) records."""
 
 
-def weights_sha256(*directories: str | Path) -> str:
-    """SHA-256 identifying the weight files in ``directories`` (cached per file).
+def weights_sha256(*directories: str | Path, memo: dict[Path, str] | None = None) -> str:
+    """SHA-256 identifying the weight files (``WEIGHT_SUFFIXES``) at the top of ``directories``,
+    the files ``from_pretrained`` reads; sub-folders (``checkpoints/``) are not counted.
 
     One weight file: its own SHA-256 (what ``sha256sum model.safetensors`` prints).
     Several (shards, or base model + LoRA adapter): the SHA-256 of the
-    ``sha256sum``-style listing ``"<hex>  <dir-index>/<relative path>\\n"`` sorted by path.
+    ``sha256sum``-style listing ``"<hex>  <dir-index>/<file name>\\n"`` sorted by name.
+    Read in full on every call (no cache: a file changed in place must not keep its old hash);
+    ``memo`` shares per-file hashes within one load.
     """
-    files: list[tuple[str, Path]] = []
-    for index, directory in enumerate(directories):
-        root = Path(directory)
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and path.suffix in WEIGHT_SUFFIXES and "optimizer" not in path.name:
-                files.append((f"{index}/{path.relative_to(root).as_posix()}", path))
-    if not files:
-        where = ", ".join(map(str, directories))
-        raise FileNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {where}")
-    if len(files) == 1:
-        return _file_sha256(files[0][1])
-    listing = "".join(f"{_file_sha256(path)}  {name}\n" for name, path in files)
-    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+    return directories_weights_sha256([Path(d) for d in directories], memo)
 
 
-def model_info(path: str | Path, *, adapter_path: str | Path | None = None) -> ModelInfo:
-    """:class:`ModelInfo` of a checkpoint (and adapter): manifest first, else computed.
+def model_info(
+    path: str | Path, *, adapter_path: str | Path | None = None, expected_sha256: str | None = None
+) -> ModelInfo:
+    """:class:`ModelInfo` of a checkpoint (and adapter): name and version from the manifest,
+    the weights hash computed.
 
-    The adapter's manifest wins over the base model's: the adapter is the trained model.
+    The adapter's manifest wins over the base model's: the adapter is the trained model. A
+    manifest's ``weights_sha256`` (and ``expected_sha256``, e.g. a publish pointer's) must equal
+    the computed hash, else :class:`WeightsMismatch`.
     """
     directories = [Path(path)] + ([Path(adapter_path)] if adapter_path else [])
     manifest: dict[str, Any] = {}
-    for directory in directories:  # later (adapter) manifests override the base's
+    memo: dict[Path, str] = {}  # each file hashed once per call
+    sha = weights_sha256(*directories, memo=memo)
+    for index, directory in enumerate(directories):  # later (adapter) manifests override the base's
         file = directory / MANIFEST
-        if file.is_file():
-            manifest = json.loads(file.read_text(encoding="utf-8"))
-    sha = str(manifest.get("weights_sha256") or "") or weights_sha256(*directories)
+        if not file.is_file():
+            continue
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+        recorded = str(manifest.get("weights_sha256") or "").lower()
+        if recorded:  # a manifest in directory i describes directories[: i + 1] (an adapter: base + adapter)
+            actual = sha if index == len(directories) - 1 else weights_sha256(*directories[: index + 1], memo=memo)
+            if recorded != actual:
+                raise WeightsMismatch(
+                    f"{file} records weights_sha256 {recorded} but the weight files in "
+                    f"{', '.join(map(str, directories[: index + 1]))} hash to {actual}: they were changed or "
+                    "corrupted after the manifest was written; restore them or re-publish the model"
+                )
+    if expected_sha256 and expected_sha256.lower() != sha:
+        raise WeightsMismatch(
+            f"the weight files in {', '.join(map(str, directories))} hash to {sha}, not the expected "
+            f"{expected_sha256}; refusing to load them"
+        )
     name = str(manifest.get("name") or directories[-1].resolve().name)[:64]
     version = str(manifest.get("version") or f"sha256-{sha[:12]}")
-    return ModelInfo(name=name, version=version, weights_sha256=sha)
+    return ModelInfo(name=name, version=version, weights_sha256=sha,
+                     synthetic_training_data=manifest.get(TRAINING_DATA) == "synthetic")
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
@@ -228,6 +230,8 @@ def load_model(
     adapter_path: str | Path | None = None,
     merge_adapter: bool = True,
     attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    expected_sha256: str | None = None,
 ) -> ReportModel:
     """Load a Qwen3-VL / Qwen2.5-VL / Gemma 3 / MAIRA-2 / LLaVA checkpoint directory.
 
@@ -246,13 +250,23 @@ def load_model(
         Merge the LoRA weights into the model (faster generation).
     attn_implementation : str, optional
         Default ``flash_attention_2`` on CUDA when ``flash_attn`` is installed, else ``sdpa``.
+    trust_remote_code : bool
+        The operator's opt-in to run Python code shipped in the checkpoint (MAIRA-2 needs it);
+        without it such a checkpoint is refused (``RemoteCodeNotTrusted``).
+    expected_sha256 : str, optional
+        The weights hash the caller expects (a publish pointer's); checked like the manifest's.
+
+    The weight files are hashed once, before anything is loaded; a hash that differs from
+    the manifest's or ``expected_sha256`` raises :class:`WeightsMismatch` and loads nothing.
     """
     path = Path(path)
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         adapter_path, path = path, _adapter_base(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a transformers checkpoint directory")
-    adapter = adapter_for(path)
+    adapter = adapter_for(path, trust_remote_code=trust_remote_code)
+    adapter.remote_code(path)  # refuse before reading anything when remote code is not allowed
+    info = model_info(path, adapter_path=adapter_path, expected_sha256=expected_sha256)
     torch_device = _default_device(device)
     torch_dtype = _default_dtype(dtype, torch_device)
     attention = attn_implementation or _attention(torch_device)
@@ -276,7 +290,6 @@ def load_model(
             model = model.merge_and_unload()
     model.to(torch_device)
     model.eval()
-    info = model_info(path, adapter_path=adapter_path)
     return ReportModel(model, processor, adapter, info, path=Path(adapter_path) if adapter_path else path)
 
 

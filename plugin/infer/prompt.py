@@ -30,6 +30,7 @@ from unirg.plugin.infer.study import StudyInput
 __all__ = [
     "INSTRUCTION",
     "INSTRUCTION_LONGITUDINAL",
+    "NO_PRIOR_REPORT",
     "SYSTEM_PROMPT",
     "Prompt",
     "build_prompt",
@@ -54,6 +55,8 @@ CURRENT_LABEL = "Current frontal chest X-ray:"
 PRIOR_LABEL = "Most recent prior frontal chest X-ray:"
 PRIOR_REPORT_LABEL = "Prior report:"
 NONE_TEXT = "None."
+#: The prior report slot when the prior has no human report (see unirg.plugin.prior_policy).
+NO_PRIOR_REPORT = "No prior report available."
 
 
 @dataclass
@@ -116,7 +119,8 @@ def build_prompt(
         The study; its lateral image is not used (UniRG-CXR uses the frontal only).
     longitudinal : bool
         Add the prior frontal image and prior report when ``study`` has a prior.
-        The prior report is only used together with the prior image.
+        The prior report is only used together with the prior image; a prior without a
+        (human) report gets :data:`NO_PRIOR_REPORT`.
     system_prompt : str or None
         ``None`` leaves out the system message (for templates without a system role).
     """
@@ -126,7 +130,8 @@ def build_prompt(
     if with_prior:
         content += [{"type": "text", "text": f"\n{PRIOR_LABEL}"}, {"type": "image"}]
         images.append(study.prior_frontal)
-        content.append({"type": "text", "text": f"\n{PRIOR_REPORT_LABEL} {_clean(study.prior_report)}"})
+        report = " ".join(str(study.prior_report or "").split()) or NO_PRIOR_REPORT
+        content.append({"type": "text", "text": f"\n{PRIOR_REPORT_LABEL} {report}"})
     instruction = INSTRUCTION_LONGITUDINAL if with_prior else INSTRUCTION
     context = context_text(study.indication, study.comparison)
     content.append({"type": "text", "text": f"\n{context}\n{instruction}"})
@@ -173,6 +178,7 @@ def prompt_corpus() -> list[str]:
         CURRENT_LABEL,
         PRIOR_LABEL,
         PRIOR_REPORT_LABEL,
+        NO_PRIOR_REPORT,
         context_text(None, None),
         format_target("", ""),
     ]

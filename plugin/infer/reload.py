@@ -10,6 +10,13 @@ Layout of a publish directory (written by ``unirg-trainer publish``,
 ``current.json`` is replaced by an atomic rename only once ``versions/<version>`` is
 complete, so a reader sees the old version or the new one, never a half-written one.
 
+What is served from a publish directory: only a version folder that resolves (symlinks
+followed) to a direct child of ``PUBLISH_DIR/versions``, with a manifest whose
+``weights_sha256`` equals the pointer's and the hash of its weight files, computed
+once per load. Anything else is refused, logged, and the old model keeps serving.
+Remote code runs only with the operator's opt-in (``trust_remote_code=True``), passed
+to every load, the fallback's and each new version's.
+
 :class:`ModelWatcher` holds the loaded model. A worker asks for it once per job and keeps
 that reference for the whole job; between jobs it calls :meth:`ModelWatcher.maybe_reload`,
 which loads a newly published version *completely* (and checks its weights hash) before
@@ -38,6 +45,8 @@ from typing import Any
 
 __all__ = [
     "CURRENT",
+    "WEIGHT_SUFFIXES",
+    "directories_weights_sha256",
     "VERSIONS",
     "ModelWatcher",
     "NoPublishedModel",
@@ -52,6 +61,7 @@ CURRENT = "current.json"
 """The pointer file in a publish directory."""
 VERSIONS = "versions"
 """The folder of published versions."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 class NoPublishedModel(FileNotFoundError):
@@ -72,7 +82,8 @@ def read_current(publish_dir: str | Path) -> Published | None:
     """The published version ``current.json`` points to, or ``None`` when there is none.
 
     Raises ``ValueError`` for a pointer that is not valid (it is never half-written:
-    publish replaces it with an atomic rename).
+    publish replaces it with an atomic rename) or names a folder that is not a direct child
+    of ``PUBLISH_DIR/versions`` once resolved (``../``, an absolute path, a symlink out).
     """
     publish_dir = Path(publish_dir)
     pointer = publish_dir / CURRENT
@@ -83,7 +94,7 @@ def read_current(publish_dir: str | Path) -> Published | None:
     try:
         data = json.loads(text)
         path = Path(data["path"])
-        return Published(
+        published = Published(
             version=str(data["version"]),
             path=path if path.is_absolute() else publish_dir / path,
             weights_sha256=str(data.get("weights_sha256") or ""),
@@ -91,6 +102,14 @@ def read_current(publish_dir: str | Path) -> Published | None:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{pointer} is not a valid publish pointer: {exc}") from None
+    versions = (publish_dir / VERSIONS).resolve()
+    if published.path.resolve().parent != versions:
+        raise ValueError(
+            f"{pointer} points to {data['path']!r}, which resolves to {published.path.resolve()}, not a folder "
+            f"directly in {versions}: only versions published there are served; re-publish with "
+            "`unirg-trainer publish`"
+        )
+    return published
 
 
 def _default_loader(path: Path, **kwargs: Any) -> Any:
@@ -110,9 +129,8 @@ class ModelWatcher:
         Model to serve while nothing is published (e.g. the demo model).
     loader : callable, optional
         ``loader(path, **load_kwargs) -> model``; default :func:`load_model`.
-    verify_hash : bool
-        Recompute the weights hash of a new version and refuse it when it differs from
-        the pointer's ``weights_sha256`` (a corrupt or tampered copy).
+    trust_remote_code : bool
+        The operator's opt-in to remote code (MAIRA-2), passed to every load.
     load_kwargs
         Passed to the loader (``device``, ``dtype``, ...).
     """
@@ -123,14 +141,16 @@ class ModelWatcher:
         *,
         fallback: str | Path | None = None,
         loader: Callable[..., Any] | None = None,
-        verify_hash: bool = True,
+        trust_remote_code: bool = False,
         **load_kwargs: Any,
     ) -> None:
         self.publish_dir = Path(publish_dir)
         self.fallback = Path(fallback) if fallback is not None else None
         self.loader = loader or _default_loader
-        self.verify_hash = verify_hash
-        self.load_kwargs = load_kwargs
+        self.trust_remote_code = bool(trust_remote_code)
+        self.load_kwargs = dict(load_kwargs)
+        if self.trust_remote_code or self.loader is _default_loader:
+            self.load_kwargs["trust_remote_code"] = self.trust_remote_code
         self._model: Any = None
         self._version: str | None = None  # published version loaded (None: fallback or nothing)
         self._failed: str | None = None  # a version that failed to load; not retried until the pointer changes
@@ -214,6 +234,10 @@ class ModelWatcher:
                              published.version, type(exc).__name__, exc, self._version or "the current model")
                 if self._model is None and self.fallback is None:
                     raise
+                if self._model is None:  # nothing served yet: the fallback, not nothing
+                    model = self.loader(self.fallback, **self.load_kwargs)
+                    with self._swap:
+                        self._model, self._version = model, None
                 return False
             with self._swap:
                 old = self._version
@@ -222,24 +246,35 @@ class ModelWatcher:
             return True
 
     def _load(self, published: Published) -> Any:
+        from unirg.plugin.infer.model import MANIFEST, WeightsMismatch
+
         if not published.path.is_dir():
             raise FileNotFoundError(f"{published.path} (named by {CURRENT}) is not a directory")
-        if self.verify_hash and published.weights_sha256:
-            from unirg.plugin.infer.model import MANIFEST
-
-            manifest = json.loads((published.path / MANIFEST).read_text(encoding="utf-8"))
-            if manifest.get("weights_sha256") != published.weights_sha256:
-                raise ValueError(
-                    f"{published.path}/{MANIFEST} has weights_sha256 {manifest.get('weights_sha256')!r}, "
-                    f"the pointer {published.weights_sha256!r}"
-                )
+        manifest_file = published.path / MANIFEST
+        try:
+            manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+            expected = str(manifest["weights_sha256"]).lower()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise WeightsMismatch(
+                f"{manifest_file} is missing or has no weights_sha256 ({type(exc).__name__}: {exc}); "
+                "only versions written by `unirg-trainer publish` are served"
+            ) from None
+        if published.weights_sha256 and published.weights_sha256.lower() != expected:
+            raise WeightsMismatch(
+                f"{manifest_file} has weights_sha256 {expected}, the pointer {published.weights_sha256}"
+            )
+        if self.loader is _default_loader:  # load_model hashes the files once and checks them
+            model = self.loader(published.path, expected_sha256=expected, **self.load_kwargs)
+        else:
             actual = model_weights_sha256(published.path)
-            if actual != published.weights_sha256:
-                raise ValueError(
-                    f"weights of {published.path} hash to {actual}, not the published {published.weights_sha256}"
-                )
-        model = self.loader(published.path, **self.load_kwargs)
+            if actual != expected:
+                raise WeightsMismatch(f"weights of {published.path} hash to {actual}, not the published {expected}")
+            model = self.loader(published.path, **self.load_kwargs)
         info = getattr(model, "info", None)
+        loaded_sha = getattr(info, "weights_sha256", expected)
+        if loaded_sha != expected:
+            raise WeightsMismatch(f"the model loaded from {published.path} reports weights {loaded_sha}, "
+                                  f"the manifest {expected}")
         if info is not None and getattr(info, "version", published.version) != published.version:
             logger.warning("model in %s reports version %s, the pointer %s",
                            published.path, info.version, published.version)
@@ -247,8 +282,6 @@ class ModelWatcher:
 
 
 def _weight_files(directory: Path) -> list[Path]:
-    from unirg.plugin.infer.model import WEIGHT_SUFFIXES
-
     return sorted(
         path
         for path in directory.iterdir()
@@ -256,12 +289,41 @@ def _weight_files(directory: Path) -> list[Path]:
     )
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def directories_weights_sha256(directories: list[Path], memo: dict[Path, str] | None = None) -> str:
+    """SHA-256 of the top-level weight files of ``directories`` (one file: its own hash;
+    several: the hash of the ``sha256sum``-style listing ``"<hex>  <index>/<name>\\n"``).
+    ``memo`` (per-file hashes) lets one load hash each file once."""
+    memo = {} if memo is None else memo
+
+    def sha(path: Path) -> str:
+        if path not in memo:
+            memo[path] = _file_sha256(path)
+        return memo[path]
+
+    files: list[tuple[str, Path]] = []
+    for index, directory in enumerate(directories):
+        files += [(f"{index}/{path.name}", path) for path in _weight_files(directory)]
+    if not files:
+        raise FileNotFoundError(f"no weight files ({', '.join(WEIGHT_SUFFIXES)}) in {', '.join(map(str, directories))}")
+    if len(files) == 1:
+        return sha(files[0][1])
+    listing = "".join(f"{sha(path)}  {name}\n" for name, path in files)
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
 def model_weights_sha256(model_dir: str | Path) -> str:
-    """SHA-256 of a saved model's weights, as :func:`unirg.plugin.infer.model.weights_sha256`
-    computes it for a clean checkpoint (one file: its hash; several: hash of the
-    ``sha256sum``-style listing), but reading only the top-level weight files of each
-    directory (so ``checkpoints/`` and a kept ``base/`` are not counted twice).
-    A LoRA adapter directory counts its base model first, as ``load_model`` does.
+    """SHA-256 of a saved model's weights: :func:`directories_weights_sha256`, the hash
+    ``load_model`` computes and the SR carries (top-level weight files only, so
+    ``checkpoints/`` and a kept ``base/`` are not counted). A LoRA adapter directory counts
+    its base model first, as ``load_model`` does.
     """
     model_dir = Path(model_dir)
     directories = [model_dir]
@@ -270,20 +332,4 @@ def model_weights_sha256(model_dir: str | Path) -> str:
         base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
         base_path = Path(base) if Path(base).is_absolute() else model_dir / base
         directories = [base_path, model_dir]
-    files: list[tuple[str, Path]] = []
-    for index, directory in enumerate(directories):
-        files += [(f"{index}/{path.name}", path) for path in _weight_files(directory)]
-    if not files:
-        raise FileNotFoundError(f"no weight files in {', '.join(map(str, directories))}")
-
-    def sha(path: Path) -> str:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-
-    if len(files) == 1:
-        return sha(files[0][1])
-    listing = "".join(f"{sha(path)}  {name}\n" for name, path in files)
-    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+    return directories_weights_sha256(directories)

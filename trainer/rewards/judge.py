@@ -13,8 +13,10 @@ F     omitting a comparison that describes a change from a prior study
 ====  =====================================================================
 
 The reward is UniRG's step-2 shape, ``1 / (1 + significant errors)`` (1.0 for a report with
-no significant error); a sample whose answer cannot be parsed gets ``None``, which TRL's
-``GRPOTrainer`` turns into NaN and leaves out of that component (see :func:`make_judge_reward`).
+no significant error). A sample whose answer cannot be parsed gets ``None``: a missing reward, not the
+worst score. It is logged (``event=judge_unparsed``) and counted (``ClinicalErrorJudge.unparsed_count``,
+metric ``judge/unparsed``); ``unirg-trainer rl`` leaves it out of its GRPO group (see
+:func:`make_judge_reward` and :func:`unirg.trainer.rl.missing_as_group_mean`).
 
 Pieces, each usable alone:
 
@@ -985,6 +987,8 @@ class ClinicalErrorJudge:
         self.cache = cache if isinstance(cache, JudgeCache) else JudgeCache(cache)
         self.answer_format = answer_format
         self.system_prompt = system_prompt
+        self.judged_count = 0  # answers parsed or not, over this judge's life
+        self.unparsed_count = 0  # answers that could not be parsed: missing rewards
         sp = ""
         if system_prompt != SYSTEM_PROMPT:  # a custom system prompt is another prompt version
             sp = "+sys:" + hashlib.sha256((system_prompt or "").encode()).hexdigest()[:8]
@@ -1025,10 +1029,12 @@ class ClinicalErrorJudge:
                 self.cache.put(k, ans, seconds=per, judge_id=self.judge_id, prompt_version=self.prompt_version)
                 records[k] = ({"raw": ans, "seconds": per}, False)
         results = []
+        unparsed: list[JudgeResult] = []
         for k in keys:
             rec, cached = records[k]
             res = parse_judge_answer(rec["raw"])
             if not res.parsed:
+                unparsed.append(res)
                 logger.debug("judge answer not parsed (%s): %r", "; ".join(res.issues), rec["raw"][:200])
             results.append(
                 dataclasses.replace(
@@ -1039,6 +1045,13 @@ class ClinicalErrorJudge:
                     seconds=rec.get("seconds"),
                 )
             )
+        self.judged_count += len(results)
+        self.unparsed_count += len(unparsed)
+        if unparsed:
+            logger.warning(
+                "event=judge_unparsed count=%d of=%d total_unparsed=%d total_judged=%d judge=%s issues=%r example=%r",
+                len(unparsed), len(results), self.unparsed_count, self.judged_count, self.judge_id,
+                "; ".join(unparsed[0].issues), (unparsed[0].raw or "")[:200])
         return results
 
     def judge_one(self, candidate: str, reference: str) -> JudgeResult:
@@ -1163,6 +1176,8 @@ def _judge_batch(
     if callable(log_metric) and results:
         ok = [r for r in results if r.parsed]
         log_metric("judge/parse_rate", len(ok) / len(results))
+        log_metric("judge/unparsed", float(len(results) - len(ok)))
+        log_metric("judge/unparsed_total", float(judge.unparsed_count))
         log_metric("judge/cache_hit_rate", sum(r.cached for r in results) / len(results))
         if ok:
             log_metric("judge/significant_errors", sum(r.significant_total for r in ok) / len(ok))
@@ -1185,9 +1200,9 @@ def judge_reward(
     ``reference`` is the dataset column of reference reports (repeated per generation by TRL);
     completions may be strings or chat-message lists. ``judge`` defaults to
     :func:`set_default_judge`'s; without one, :class:`JudgeNotConfigured`. Pairs whose answer does
-    not parse get ``unparsed`` (default ``None``: TRL treats it as NaN). When TRL passes
-    ``log_metric``, logs ``judge/parse_rate``, ``judge/significant_errors``,
-    ``judge/insignificant_errors`` and ``judge/cache_hit_rate``.
+    not parse get ``unparsed`` (default ``None``: a missing reward, TRL's NaN). When TRL passes
+    ``log_metric``, logs ``judge/parse_rate``, ``judge/unparsed`` (this batch), ``judge/unparsed_total``,
+    ``judge/significant_errors``, ``judge/insignificant_errors`` and ``judge/cache_hit_rate``.
 
     >>> set_default_judge(None)
     >>> try:
@@ -1209,11 +1224,14 @@ def make_judge_reward(
     """A TRL reward function bound to ``judge`` (``__name__`` = ``name``, used in TRL's logs).
 
     ``judge=None`` raises :class:`JudgeNotConfigured` now, not at the first training step. The
-    returned function keeps the latest batch's :class:`JudgeResult` list in ``.last_results``.
+    returned function keeps the latest batch's :class:`JudgeResult` list in ``.last_results`` and
+    counts in ``.judged`` / ``.unparsed`` (all calls; the judge's own counters are
+    ``.judge.judged_count`` / ``.judge.unparsed_count``).
 
-    ``unparsed=None`` (default) returns ``None`` for unparseable answers. Note that GRPO's weighted
-    sum (``nansum``) then counts this component as 0 for that completion while its group mates get
-    up to ``weight``; with a judge that often fails to parse, pass a neutral value instead.
+    ``unparsed=None`` (default) returns ``None`` for unparseable answers: a missing reward. TRL 1.16's
+    GRPO turns it into NaN but then sums the weighted components with ``nansum``, which would count it
+    as 0, the worst judge score; ``unirg-trainer rl`` therefore wraps this function with
+    :func:`unirg.trainer.rl.missing_as_group_mean`, which leaves it out of its group.
     """
     if judge is None:
         raise JudgeNotConfigured()
@@ -1222,10 +1240,14 @@ def make_judge_reward(
         kw.pop("judge", None)
         results = _judge_batch(judge, completions, reference, kw)
         reward.last_results = results
+        reward.judged += len(results)
+        reward.unparsed += sum(not r.parsed for r in results)
         return [r.reward if r.parsed else unparsed for r in results]
 
     reward.__name__ = name
     reward.__qualname__ = name
     reward.judge = judge
     reward.last_results = []
+    reward.judged = 0
+    reward.unparsed = 0
     return reward
