@@ -49,6 +49,7 @@ BUILD_MODEL_SCRIPT = REPO_ROOT / "scripts" / "build-demo-model.sh"
 DEFAULT_DATA_DIR = REPO_ROOT / "var" / "demo"
 MARKER = ".unirg-demo"
 USER = "unirg-demo"
+SENDER_AET = "UNIRG_DEMO"
 
 
 class DemoError(click.ClickException):
@@ -120,7 +121,7 @@ def pick_patient(records: list[dict]) -> tuple[dict, dict]:
     return sorted(pairs, key=lambda p: (not both_views(p[1]), p[1]["patient_id"]))[0]
 
 
-def c_store(files: list[Path], port: int, called: str, calling: str = "UNIRG_DEMO") -> int:
+def c_store(files: list[Path], port: int, called: str, calling: str = SENDER_AET) -> int:
     """Send ``files`` to 127.0.0.1:``port`` (pynetdicom, each file in its own transfer syntax);
     returns how many were stored."""
     from pynetdicom import AE
@@ -149,7 +150,10 @@ def demo_config(data_dir: Path, model: Path | None, http_port: int, dicom_port: 
     overrides: dict[str, Any] = {
         "listener.data_dir": str(data_dir), "orthanc.http_port": http_port, "orthanc.dicom_port": dicom_port,
         "orthanc.aet": "UNIRG", "orthanc.user": USER, "orthanc.password": password, "orthanc.stable_age_s": 3,
+        # Orthanc takes C-STOREs only from declared AE titles: the demo's sender (its port is never used).
+        "orthanc.modalities": [f"demo-sender={SENDER_AET}@127.0.0.1:104"],
         "queue.poll_interval_s": 0.2, "queue.lease_s": 60.0, "logging.level": "WARNING",
+        "model.demo_model": True,  # the demo is what the synthetic demo model is for
     }
     if model is not None:
         overrides["model.path"] = str(model)
@@ -186,7 +190,7 @@ def run_demo(*, data_dir: Path, model: str | None, http_port: int, dicom_port: i
              patients: int, seed: int, size: int, exit_after_draft: bool, timeout: float,
              pipeline: str | None = None, echo: Any = click.echo) -> dict:
     """The demo (see the module docstring); returns what it printed as a dict (for tests)."""
-    from unirg.plugin.viewer import OrthancUpstream, ViewerServer, ViewerSetupError, check_ohif_dist, study_viewer_url
+    from unirg.plugin.viewer import OrthancUpstream, ViewerServer, ViewerSetupError, check_ohif_dist, draft_viewer_url
     from unirg.trainer.synth import generate_testbed
 
     t0 = time.monotonic()
@@ -244,7 +248,7 @@ def run_demo(*, data_dir: Path, model: str | None, http_port: int, dicom_port: i
         body = _wait_for_draft(stack, current["study_uid"], timeout, echo)
         draft = body["draft"]
         text = client.session.get(f"{stack.url}/unirg/studies/{current['study_uid']}/draft.txt", timeout=30).text
-        link = study_viewer_url(viewer.url, current["study_uid"], draft["series_uid"])
+        link = draft_viewer_url(viewer.url, viewer.upstream, current["study_uid"], draft["series_uid"])
         echo("")
         echo(text.rstrip())
         echo("")

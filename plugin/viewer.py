@@ -6,7 +6,11 @@ One small threaded HTTP server (stdlib ``http.server``) on loopback that
   to ``var/ohif/dist``) at the web root, with the single-page-app fallback to ``index.html`` for its
   routes (``/viewer``, ``/viewer/dicomweb``, ...);
 * replaces ``/app-config.js`` with a generated one whose only data source is DICOMweb on the same
-  origin: ``qidoRoot`` / ``wadoRoot`` ``/dicom-web``, ``wadoUriRoot`` ``/wado``;
+  origin: ``qidoRoot`` / ``wadoRoot`` ``/dicom-web``, ``wadoUriRoot`` ``/wado``; it also registers
+  the draft-review hanging protocols (an inline extension: OHIF loads extension objects from
+  ``window.config.extensions`` as they are) and a few CSS rules (SR text wraps, the study browser
+  shows the whole research label). Links (``study_viewer_url``) pick the layout with
+  ``hangingProtocolId``: frontal radiograph left, draft right, the prior's frontal under the current;
 * reverse-proxies ``/dicom-web/*`` and ``/wado`` to Orthanc (Orthanc 1.10 sends no CORS headers, so
   the browser must see one origin), streaming the responses, adding Orthanc's HTTP basic-auth
   credentials when given (``--orthanc-user`` / ``--orthanc-password``), else passing the browser's
@@ -105,6 +109,96 @@ def check_ohif_dist(dist: str | os.PathLike[str] | None = None) -> Path:
     return path.resolve()
 
 
+# -- the draft-review layout ---------------------------------------------------------------------
+#: Hanging protocols the generated app-config registers (through a small inline extension) and
+#: the links select with ``hangingProtocolId``: the current frontal radiograph left, the draft right;
+#: with a prior, the prior frontal under the current one.
+DRAFT_PROTOCOL = "@unirg/draft-review"
+DRAFT_PRIOR_PROTOCOL = "@unirg/draft-review-prior"
+#: What the draft viewport matches: an SR series whose description starts so (every unirg draft).
+DRAFT_MATCH = "AI DRAFT"
+
+_STUDY = {  # position of the study in the link's StudyInstanceUIDs: 0 current, 1 prior
+    i: {"attribute": "studyInstanceUIDsIndex", "from": "options", "required": True,
+        "constraint": {"equals": {"value": i}}}
+    for i in (0, 1)
+}
+_FRONTAL_RULES = [
+    {"attribute": "Modality", "required": True, "constraint": {"startsWith": ["DX", "CR"]}},
+    {"attribute": "numImageFrames", "required": True, "constraint": {"greaterThan": {"value": 0}}},
+    {"attribute": "ViewPosition", "weight": 10, "constraint": {"startsWith": ["PA", "AP"]}},
+]
+_DRAFT_RULES = [
+    {"attribute": "Modality", "required": True, "constraint": {"equals": "SR"}},
+    {"attribute": "SeriesDescription", "required": True, "constraint": {"startsWith": DRAFT_MATCH}},
+    # The draft named in the link (initialSeriesInstanceUID) first, when a study has several.
+    {"attribute": "isDisplaySetFromUrl", "weight": 20, "constraint": {"equals": True}},
+]
+
+
+def _viewport(viewport_id: str, selector: str, viewport_type: str = "stack") -> dict:
+    return {
+        "viewportOptions": {"viewportId": viewport_id, "viewportType": viewport_type,
+                            "toolGroupId": "default", "allowUnmatchedView": True},
+        "displaySets": [{"id": selector}],
+    }
+
+
+def draft_hanging_protocols() -> list[dict]:
+    """The two OHIF 3.13 hanging protocols of the draft-review layout (plain JSON data)."""
+    selectors = {
+        "currentFrontal": {"studyMatchingRules": [_STUDY[0]], "seriesMatchingRules": _FRONTAL_RULES},
+        "priorFrontal": {"studyMatchingRules": [_STUDY[1]], "seriesMatchingRules": _FRONTAL_RULES},
+        "draft": {"studyMatchingRules": [_STUDY[0]], "seriesMatchingRules": _DRAFT_RULES},
+    }
+    current, prior = _viewport("unirg-current", "currentFrontal"), _viewport("unirg-prior", "priorFrontal")
+    draft = _viewport("unirg-draft", "draft")
+    # With a prior the radiographs are half as high: a 2/5 column shows them as large (square
+    # images, landscape screens) and leaves the draft's text more width.
+    left, half = 2 / 5, 1 / 2
+
+    def protocol(pid: str, name: str, priors: int, structure: dict, viewports: list[dict]) -> dict:
+        return {
+            "id": pid, "name": name, "locked": True, "protocolMatchingRules": [],
+            "numberOfPriorsReferenced": priors, "toolGroupIds": ["default"],
+            "displaySetSelectors": {k: selectors[k] for k in ("currentFrontal", "priorFrontal", "draft")
+                                    if priors or k != "priorFrontal"},
+            "defaultViewport": {"viewportOptions": {"viewportType": "stack", "toolGroupId": "default",
+                                                    "allowUnmatchedView": True},
+                                "displaySets": [{"id": "currentFrontal", "matchedDisplaySetsIndex": -1}]},
+            "stages": [{"id": "review", "name": name,
+                        "viewportStructure": {"layoutType": "grid", "properties": structure},
+                        "viewports": viewports}],
+        }
+
+    return [
+        protocol(DRAFT_PROTOCOL, "unirg draft review: radiograph | AI draft", 0,
+                 {"rows": 1, "columns": 2}, [current, draft]),
+        protocol(DRAFT_PRIOR_PROTOCOL, "unirg draft review: radiograph over prior | AI draft", 1,
+                 {"rows": 2, "columns": 2, "layoutOptions": [
+                     {"x": 0, "y": 0, "width": left, "height": half},
+                     {"x": 0, "y": half, "width": left, "height": half},
+                     {"x": left, "y": 0, "width": 1 - left, "height": 1}]},
+                 [current, prior, draft]),
+    ]
+
+
+#: CSS the app-config adds to OHIF's page. OHIF 3.13's SR viewport renders the (121071, DCM,
+#: "Finding") TEXT item in a bare <pre> (white-space: pre, monospace): the findings ran on one
+#: unwrapped line past the viewport's edge. Long UIDs wrap too. The study browser's SR rows cut the
+#: series description to one 160 px line: there it wraps, so the whole research label shows.
+VIEWER_CSS = """\
+[data-cy="viewport-pane"] { overflow-wrap: anywhere; }
+[data-cy="viewport-pane"] pre { white-space: pre-wrap !important; font-family: inherit !important;
+  font-size: inherit !important; margin: 0; }
+[data-cy="study-browser-thumbnail-no-image"], [data-cy="study-browser-thumbnail-no-image"] div {
+  height: auto !important; }
+[data-cy="study-browser-thumbnail-no-image"] .min-w-\\[4px\\] { align-self: stretch; min-height: 32px; }
+[data-cy="study-browser-thumbnail-no-image"] [data-cy="series-description-label"] {
+  white-space: normal !important; max-width: none !important; }
+"""
+
+
 def build_app_config(
     *,
     dicomweb_root: str = DICOMWEB_PREFIX,
@@ -159,29 +253,51 @@ def build_app_config(
         "defaultDataSourceName": "orthanc",
         "dataSources": [source],
     }
+    # OHIF's loader takes extension objects as they are (strings are module names): this one only
+    # registers the draft-review hanging protocols.
     return (
         "/** Generated by `unirg viewer` (unirg.plugin.viewer.build_app_config); replaces the\n"
         f" * app-config.js of {OHIF_PACKAGE}@{OHIF_VERSION}. RESEARCH ONLY - NOT FOR CLINICAL USE. */\n"
         f"window.config = {json.dumps(config, indent=2)};\n"
+        f"const unirgProtocols = {json.dumps(draft_hanging_protocols(), indent=2)};\n"
+        "window.config.extensions.push({\n"
+        '  id: "@unirg/extension-draft-review",\n'
+        "  getHangingProtocolModule: () => unirgProtocols.map(p => ({ name: p.id, protocol: p })),\n"
+        "});\n"
+        "(() => {\n"
+        '  const style = document.createElement("style");\n'
+        '  style.id = "unirg-viewer-css";\n'
+        f"  style.textContent = {json.dumps(VIEWER_CSS)};\n"
+        "  document.head.appendChild(style);\n"
+        "})();\n"
     )
 
 
 def study_viewer_url(
-    base: str, study_uid: str, sr_series_uid: str | None = None, *, whole_study: bool = True
+    base: str, study_uid: str, sr_series_uid: str | None = None, *,
+    prior_study_uid: str | None = None, whole_study: bool = True,
 ) -> str:
     """The OHIF link that opens ``study_uid`` on its draft SR series ``sr_series_uid``.
 
-    By default the whole study loads (the images in OHIF's study browser, next to the draft) and
-    the draft opens in the viewport (``initialSeriesInstanceUID``); ``whole_study=False`` loads the
-    draft's series only (``SeriesInstanceUIDs``).
+    By default the draft-review layout: the study's frontal radiograph left and the draft right
+    (``hangingProtocolId``), the whole study in OHIF's study browser; with ``prior_study_uid`` that
+    study loads too and its frontal radiograph goes under the current one. ``whole_study=False``
+    loads the draft's series only (``SeriesInstanceUIDs``), in OHIF's default layout.
 
     >>> study_viewer_url("http://127.0.0.1:3000/", "1.2.3", "1.2.3.4", whole_study=False)
     'http://127.0.0.1:3000/viewer?StudyInstanceUIDs=1.2.3&SeriesInstanceUIDs=1.2.3.4'
+    >>> study_viewer_url("h:1", "1.2", "1.2.4", prior_study_uid="1.1")
+    'h:1/viewer?StudyInstanceUIDs=1.2,1.1&initialSeriesInstanceUID=1.2.4&hangingProtocolId=@unirg/draft-review-prior'
     """
     params = {"StudyInstanceUIDs": study_uid}
-    if sr_series_uid:
-        params["initialSeriesInstanceUID" if whole_study else "SeriesInstanceUIDs"] = sr_series_uid
-    return f"{base.rstrip('/')}/viewer?{urllib.parse.urlencode(params)}"
+    if sr_series_uid and not whole_study:
+        params["SeriesInstanceUIDs"] = sr_series_uid
+    elif sr_series_uid:
+        if prior_study_uid and prior_study_uid != study_uid:
+            params["StudyInstanceUIDs"] = f"{study_uid},{prior_study_uid}"  # OHIF's order: current first
+        params["initialSeriesInstanceUID"] = sr_series_uid
+        params["hangingProtocolId"] = DRAFT_PRIOR_PROTOCOL if "," in params["StudyInstanceUIDs"] else DRAFT_PROTOCOL
+    return f"{base.rstrip('/')}/viewer?{urllib.parse.urlencode(params, safe=',@/')}"
 
 
 @dataclass(frozen=True)
@@ -307,10 +423,17 @@ class ViewerHandler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
 
     def _dispatch(self, head: bool) -> None:
-        path = urllib.parse.urlsplit(self.path).path
+        # The target as sent: http.server turns a leading '//' into '/' in self.path.
+        words = self.requestline.split()
+        target = clean_target(words[1] if len(words) == 3 else self.path)
         try:
+            if target is None:
+                return self._send_text(HTTPStatus.BAD_REQUEST,
+                                       "bad request path: no '.' or '..' segments, encoded '/' or '\\', "
+                                       "double encoding or absolute URLs\n")
+            path, query = target
             if _under(path, DICOMWEB_PREFIX) or _under(path, WADO_PREFIX):
-                self._proxy(head)
+                self._proxy(head, path, query)
             elif path == "/app-config.js":
                 self._send_bytes(HTTPStatus.OK, self.server.app_config, _CONTENT_TYPES[".js"], head,
                                  cache="no-store")
@@ -359,7 +482,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
                 shutil.copyfileobj(f, self.wfile, _CHUNK)
 
     # -- the Orthanc proxy ----------------------------------------------------------------------
-    def _proxy(self, head: bool) -> None:
+    def _proxy(self, head: bool, path: str, query: str) -> None:
+        """Forward the cleaned ``path`` (see :func:`clean_target`) and ``query``, never the raw target."""
         up = self.server.upstream
         headers = {k: v for k, v in self.headers.items() if k.lower() in _FORWARD_REQUEST}
         host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
@@ -376,7 +500,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
         conn = up.connect()
         try:
             try:
-                conn.request("HEAD" if head else "GET", up.base_path + self.path, headers=headers)
+                upstream_target = up.base_path + urllib.parse.quote(path, safe=_PATH_SAFE) + (f"?{query}" if query else "")
+                conn.request("HEAD" if head else "GET", upstream_target, headers=headers)
                 resp = conn.getresponse()
             except OSError as exc:
                 log.warning("Orthanc at %s unreachable: %s", up.url, exc)
@@ -448,7 +573,46 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
 
 def _under(path: str, prefix: str) -> bool:
+    """``path`` (already cleaned by :func:`clean_target`) is ``prefix`` or below it."""
     return path == prefix or path.startswith(prefix + "/")
+
+
+# Characters a cleaned path is re-quoted with (RFC 3986 pchar without '%').
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_ENCODED_SEPARATORS = ("%2f", "%5c", "%00")
+
+
+def clean_target(target: str) -> tuple[str, str] | None:
+    """(path, query) of a request target, the path percent-decoded once; None to refuse it.
+
+    Refused: anything but origin-form (``/...``, not ``//...`` or ``http://...``), encoded ``/``, ``\\``
+    or NUL, a ``.`` or ``..`` segment (encoded or not), a backslash, or a ``%`` left after one
+    decoding (double encoding). Orthanc's web server resolves ``..`` and decodes ``%2F`` itself, so
+    without this ``/dicom-web/../system`` would reach any Orthanc route with the proxy's credentials.
+
+    >>> clean_target("/dicom-web/studies?PatientID=1")
+    ('/dicom-web/studies', 'PatientID=1')
+    >>> [clean_target(t) for t in ("/dicom-web/../system", "/dicom-web/%2e%2e/system", "//system")]
+    [None, None, None]
+    """
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    raw_path, _, query = target.partition("?")
+    raw_path = raw_path.partition("#")[0]
+    if any(sep in raw_path.lower() for sep in _ENCODED_SEPARATORS):
+        return None
+    try:
+        path = urllib.parse.unquote(raw_path, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if "%" in path or "\\" in path or "\0" in path:
+        return None
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return None
+    clean = posixpath.normpath(path)  # only collapses '//' now
+    if path.endswith("/") and clean != "/":
+        clean += "/"
+    return clean, query.partition("#")[0]
 
 
 # -- drafts Orthanc holds ---------------------------------------------------------------------------
@@ -473,6 +637,43 @@ def find_draft_series(upstream: OrthancUpstream, study_uid: str | None = None) -
         if study and series and desc.startswith(DRAFT_LABEL):
             found.append((study, series, desc))
     return sorted(found)
+
+
+def draft_prior_study(upstream: OrthancUpstream, study_uid: str, sr_series_uid: str) -> str | None:
+    """The most recent prior study the draft compared with (its PertinentOtherEvidenceSequence)
+    that Orthanc holds with a radiograph (DX or CR), else None. Raises requests exceptions when
+    Orthanc cannot be asked."""
+    root = upstream.url.rstrip("/") + DICOMWEB_PREFIX
+    headers = {"Accept": "application/dicom+json"}
+    r = requests.get(f"{root}/studies/{study_uid}/series/{sr_series_uid}/metadata",
+                     auth=upstream.auth, headers=headers, timeout=30)
+    r.raise_for_status()
+    uids = {
+        uid
+        for instance in (r.json() if r.content else [])
+        for item in (instance.get("0040A385") or {}).get("Value") or []
+        if (uid := _tag(item, "0020000D")) and uid != study_uid
+    }
+    dated = []
+    for uid in uids:
+        q = requests.get(f"{root}/studies", params={"StudyInstanceUID": uid, "includefield": "00080061"},
+                         auth=upstream.auth, headers=headers, timeout=30)
+        q.raise_for_status()
+        for item in q.json() if q.content else []:
+            modalities = set((item.get("00080061") or {}).get("Value") or [])
+            if modalities & {"DX", "CR"}:
+                dated.append((_tag(item, "00080020") or "", uid))
+    return max(dated)[1] if dated else None
+
+
+def draft_viewer_url(base: str, upstream: OrthancUpstream, study_uid: str, sr_series_uid: str) -> str:
+    """``study_viewer_url`` of a draft, with the prior it compared with when Orthanc holds it."""
+    try:
+        prior = draft_prior_study(upstream, study_uid, sr_series_uid)
+    except (requests.RequestException, ValueError) as exc:
+        log.warning("no prior for the OHIF link of %s: %s", study_uid, exc)
+        prior = None
+    return study_viewer_url(base, study_uid, sr_series_uid, prior_study_uid=prior)
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -530,7 +731,7 @@ def viewer(port: int, host: str, orthanc_url: str, orthanc_user: str | None,
             wanted = set(studies)
             for study, series, _ in drafts:
                 if list_drafts or study in wanted:
-                    click.echo(f"draft: {study_viewer_url(base, study, series)}")
+                    click.echo(f"draft: {draft_viewer_url(base, upstream, study, series)}")
             for study in wanted - {d[0] for d in drafts}:
                 click.echo(f"no draft yet for {study}: {study_viewer_url(base, study)}")
     except requests.RequestException as exc:

@@ -68,10 +68,12 @@ def _character_set(ds: Dataset) -> str | None:
     return LATIN1
 
 
-def _text_heading(heading: tuple[Code, Code], text: str) -> hd.sr.ContainerContentItem:
+def _text_heading(
+    heading: tuple[Code, Code], text: str, *, continuous: bool = False
+) -> hd.sr.ContainerContentItem:
     """A CID 7001 heading CONTAINER holding one TEXT item."""
     container = hd.sr.ContainerContentItem(
-        name=heading[0], is_content_continuous=False, relationship_type="CONTAINS"
+        name=heading[0], is_content_continuous=continuous, relationship_type="CONTAINS"
     )
     container.ContentSequence = [
         hd.sr.TextContentItem(name=heading[1], value=text, relationship_type="CONTAINS")
@@ -99,12 +101,21 @@ def _observer(author: ModelInfo | _Person) -> hd.sr.ObserverContext:
     )
 
 
+#: In the disclaimer of a draft by a model trained on synthetic data only (ModelInfo.synthetic_training_data).
+SYNTHETIC_DATA_NOTE = "Model trained on synthetic data only."
+
+
 def _disclaimer(model: ModelInfo) -> str:
-    return (
+    text = (
         f"{RESEARCH_LABEL}. This report text was drafted automatically by the AI model "
         f"{model.name} (version {model.version}) and has not been reviewed or verified by a "
         "physician. It must not be used for diagnosis or treatment."
     )
+    if "not for clinical use" not in text.lower():  # the phrase the store door checks for
+        text += " Not for clinical use."
+    if model.synthetic_training_data:
+        text += " " + SYNTHETIC_DATA_NOTE
+    return text
 
 
 def _comparison(report: ReportSections, priors: Sequence[Dataset]) -> str:
@@ -146,7 +157,16 @@ def _build_sr(
         raise SRInputError("report.findings and report.impression are both empty; give at least one")
     indication = check_text("report.indication", report.indication)
     current_h = image_headers("current", current)
-    priors_h = image_headers("priors", priors)
+    for i, ds in enumerate(priors if not isinstance(priors, Dataset) else ()):
+        if isinstance(ds, Dataset) and any(
+            str(ds.get(k, "") or "").startswith(RESEARCH_LABEL)
+            for k in ("SeriesDescription", "CompletionFlagDescription")
+        ):
+            raise SRInputError(
+                f"priors[{i}] is not an image but an AI draft SR; only images and the human "
+                "report SR used as the prior report can be prior evidence"
+            )
+    priors_h = image_headers("priors", priors, allow_sr=True)  # + the prior report SR used
     check_evidence(current_h, priors_h)
     comparison = _comparison(report, priors_h)
     if content_datetime is None:
@@ -178,7 +198,9 @@ def _build_sr(
         (codes.IMPRESSION, impression),
     ):
         if text:
-            items.append(_text_heading(heading, text))
+            # Findings CONTINUOUS (one TEXT: same meaning): OHIF 3.x renders a "Finding" (121071,
+            # DCM) of a SEPARATE container in a <pre>, one unwrapped line; a CONTINUOUS one wraps.
+            items.append(_text_heading(heading, text, continuous=heading == codes.FINDINGS))
     root.ContentSequence = items
 
     equipment = []
@@ -257,7 +279,8 @@ def build_draft_sr(
     current : Sequence[pydicom.dataset.Dataset]
         Images of the study being reported (one study); Current Requested Procedure Evidence.
     priors : Sequence[pydicom.dataset.Dataset]
-        Images of prior studies of the same patient used for comparison; Pertinent Other Evidence.
+        What of prior studies of the same patient went into the prompt: images, and the prior
+        report SR whose text was used; Pertinent Other Evidence.
     content_datetime : datetime.datetime, optional
         Content date/time; now when omitted.
 

@@ -109,7 +109,7 @@ def test_orthanc_server_reports_early_exit(tmp_path):
 
 # -- app-config and links -----------------------------------------------------------------------
 def _config_object(js: str) -> dict:
-    body = js.split("window.config = ", 1)[1].rsplit(";", 1)[0]
+    body = js.split("window.config = ", 1)[1].split(";\n", 1)[0]  # JSON has no raw newline in strings
     return json.loads(body)
 
 
@@ -130,10 +130,17 @@ def test_study_viewer_url():
         v.study_viewer_url("http://127.0.0.1:3000/", "1.2.3")
         == "http://127.0.0.1:3000/viewer?StudyInstanceUIDs=1.2.3"
     )
-    # Default: the whole study (images in the study browser), the draft opened in the viewport.
+    # Default: the whole study (images in the study browser), the draft-review layout.
     url = v.study_viewer_url("http://h:1", "1.2.3", "1.2.3.4")
     assert urllib.parse.parse_qs(urllib.parse.urlsplit(url).query) == {
-        "StudyInstanceUIDs": ["1.2.3"], "initialSeriesInstanceUID": ["1.2.3.4"]
+        "StudyInstanceUIDs": ["1.2.3"], "initialSeriesInstanceUID": ["1.2.3.4"],
+        "hangingProtocolId": [v.DRAFT_PROTOCOL],
+    }
+    # With the prior: both studies, current first (OHIF's study index 0), the three-viewport layout.
+    url = v.study_viewer_url("http://h:1", "1.2.3", "1.2.3.4", prior_study_uid="1.2.0")
+    assert urllib.parse.parse_qs(urllib.parse.urlsplit(url).query) == {
+        "StudyInstanceUIDs": ["1.2.3,1.2.0"], "initialSeriesInstanceUID": ["1.2.3.4"],
+        "hangingProtocolId": [v.DRAFT_PRIOR_PROTOCOL],
     }
     url = v.study_viewer_url("http://h:1", "1.2.3", "1.2.3.4", whole_study=False)
     assert url == "http://h:1/viewer?StudyInstanceUIDs=1.2.3&SeriesInstanceUIDs=1.2.3.4"
@@ -238,3 +245,34 @@ def test_cli_help():
     assert result.exit_code == 0
     for flag in ("--port", "--orthanc", "--orthanc-user", "--orthanc-password", "--ohif-dist", "--study"):
         assert flag in result.output
+
+
+def test_clean_target_refuses_what_could_leave_the_proxy_prefix():
+    ok = {
+        "/dicom-web/studies?PatientID=P%5E1&limit=5": ("/dicom-web/studies", "PatientID=P%5E1&limit=5"),
+        "/dicom-web/studies/1.2.3/series/": ("/dicom-web/studies/1.2.3/series/", ""),
+        "/dicom-web//studies": ("/dicom-web/studies", ""),
+        "/wado?requestType=WADO&studyUID=1.2": ("/wado", "requestType=WADO&studyUID=1.2"),
+        "/viewer": ("/viewer", ""),
+        "/": ("/", ""),
+    }
+    for target, want in ok.items():
+        assert v.clean_target(target) == want, target
+    for target in ("/dicom-web/../system", "/dicom-web/%2e%2e/system", "/dicom-web/%2E%2E/system",
+                   "/dicom-web/..%2Fsystem", "/dicom-web/..%2fsystem", "/dicom-web/..%5csystem",
+                   "/dicom-web/..\\system", "/dicom-web/./studies", "/dicom-web/%252e%252e/system",
+                   "/dicom-web/%00", "/dicom-web/%ff", "//system", "http://127.0.0.1/dicom-web/x", "*", ""):
+        assert v.clean_target(target) is None, target
+    assert v._under("/dicom-web/studies", v.DICOMWEB_PREFIX) and not v._under("/dicom-webx", v.DICOMWEB_PREFIX)
+
+
+def test_bad_paths_are_400_before_any_proxying(server):
+    host, port = server.server_address[:2]
+    for path in ("/dicom-web/../system", "/dicom-web/%2e%2e/system", "/dicom-web/..%2Fsystem", "//system"):
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        # 400 at once, not the 502 of trying the (dead) upstream
+        assert answer.startswith(b"HTTP/1.1 400"), (path, answer[:100])
