@@ -6,7 +6,7 @@
 3. RL from that checkpoint (``unirg.trainer.rl.train_rl``, what ``unirg-trainer rl`` runs) with
    ``trainer/configs/rl-cpu-demo.toml``: the unirg-step1 reward (offline substitutes), GRPO, clip-higher;
 4. both models draft the held-out institution C and the held-out A/B patients, greedy, through
-   ``unirg.plugin.infer.load_model`` with the plugin's inputs (:func:`unirg.trainer.rl.study_input`);
+   ``unirg.model.load_model`` with the plugin's inputs (:func:`unirg.trainer.rl.study_input`);
 5. ``unirg.trainer.evaluate.evaluate`` + ``compare`` (what ``unirg-trainer eval`` runs): the ReXrank-style
    table per split with patient-level paired bootstrap CIs, written to ``OUT/results.md``.
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from unirg.plugin.infer import GenerationConfig, load_model
+    from unirg.model import GenerationConfig, load_model
     from unirg.trainer.data import load_dataset
     from unirg.trainer.evaluate import EvalConfig, Prediction, compare, evaluate, write_predictions
     from unirg.trainer.rl import study_input, train_rl

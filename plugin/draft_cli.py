@@ -88,7 +88,7 @@ def draft(study, priors, model_path, out_dir, max_new_tokens, repetition_penalty
     Example:
       unirg draft var/testbed/SYN0-00001/ACC2 --prior var/testbed/SYN0-00001/ACC1 --out drafts/
     """
-    from unirg.plugin.infer import GenerationConfig, load_model
+    from unirg.model import GenerationConfig, load_model
     from unirg.plugin.pipeline import DraftRejected, StudySkipped, draft_study
     from unirg.sr_writer import SRInputError, write_dataset_atomic
 

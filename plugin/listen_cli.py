@@ -137,7 +137,7 @@ def require_model(config: Config) -> bool:
 def _require_published(path: Path, demo_model: bool) -> None:
     """A publish directory with nothing published yet would serve no model: refuse to start,
     unless ``--demo-model`` lets the synthetic demo model stand in until the first publish."""
-    from unirg.plugin.infer.reload import read_current
+    from unirg.model.reload import read_current
 
     if (path / "config.json").is_file() or demo_model:
         return

@@ -51,10 +51,10 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from unirg.plugin.infer.parse import MISSING_IMPRESSION
-from unirg.plugin.infer.prompt import NO_PRIOR_REPORT, format_target
+from unirg.model.parse import MISSING_IMPRESSION
+from unirg.model.prompt import NO_PRIOR_REPORT, format_target
 from unirg.plugin.prior_policy import choose_report, is_human_report, is_sr, when
-from unirg.plugin.infer.study import Draft, GenerationConfig, StudyInput
+from unirg.model.study import Draft, GenerationConfig, StudyInput
 from unirg.plugin.select import NoUsableImage, ViewSelection, select_views
 from unirg.sr_writer import ReportSections, ReportText, build_draft_sr, read_report
 
@@ -345,7 +345,7 @@ def draft_study(
     model
         A loaded model with ``draft(studies, generation)`` (``ReportModel``,
         ``OpenAIBackend``); hold one reference for the whole call (see
-        :class:`unirg.plugin.infer.reload.ModelWatcher`).
+        :class:`unirg.model.reload.ModelWatcher`).
     current : list of Dataset
         Every object of the study (images, SRs, ...).
     priors
@@ -401,7 +401,7 @@ def draft_studies(
 
 def model_source(path: str | os.PathLike[str] | None, *, trust_remote_code: bool = False,
                  demo_fallback: bool = False) -> Any:
-    """What ``[model] path`` names, as a :class:`~unirg.plugin.infer.reload.ModelWatcher`.
+    """What ``[model] path`` names, as a :class:`~unirg.model.reload.ModelWatcher`.
 
     A checkpoint (it has ``config.json``) is served as is; any other folder is a publish
     directory (``unirg-trainer publish --to``) whose new versions are swapped in between jobs.
@@ -409,7 +409,7 @@ def model_source(path: str | os.PathLike[str] | None, *, trust_remote_code: bool
     retried), unless ``demo_fallback`` (``[model] demo_model``) lets the synthetic demo model
     stand in. ``trust_remote_code``: the operator's opt-in, passed to every load.
     """
-    from unirg.plugin.infer.reload import ModelWatcher
+    from unirg.model.reload import ModelWatcher
 
     target = Path(path) if path else default_model_path()
     if (target / "config.json").is_file():

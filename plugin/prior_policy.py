@@ -11,7 +11,7 @@ Pure functions (no network, no disk), used by every prior source (DIMSE Q/R in
   description or text carries AI-draft wording. When in doubt it is not human.
 * :func:`choose_report` - among the human reports: VERIFIED before UNVERIFIED, COMPLETE before PARTIAL,
   then the newest (ContentDate/ContentTime). No human report: ``None`` (the prompt and the SR then
-  say ``unirg.plugin.infer.prompt.NO_PRIOR_REPORT``).
+  say ``unirg.model.prompt.NO_PRIOR_REPORT``).
 * :func:`rank_prior_studies` - the most recent ``max_priors`` earlier CR/DX studies within
   ``max_age`` of the current study (dcm4chee's ``priors=N&StudyAge=-5Y``).
 * :func:`when` - the one sortable date+time key.

@@ -115,7 +115,7 @@ def test_eval_patient_split_and_errors(testbed, predictions, tmp_path):
 def test_eval_drafts_with_a_model(testbed, tmp_path):
     import torch
 
-    from unirg.plugin.infer.tiny import build_tiny
+    from unirg.model.tiny import build_tiny
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

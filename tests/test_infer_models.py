@@ -1,8 +1,8 @@
-"""Model families end to end (unirg.plugin.infer): tiny random-weight checkpoints built
+"""Model families end to end (unirg.model): tiny random-weight checkpoints built
 locally, saved, loaded through ``load_model`` and drafting real generations.
 
 Nothing is mocked: every test runs the transformers model. Model sizes are shrunk in
-``unirg.plugin.infer.tiny`` (hidden 64-128, 2 layers, 16-64 image tokens) so the whole
+``unirg.model.tiny`` (hidden 64-128, 2 layers, 16-64 image tokens) so the whole
 file runs in well under a minute on two CPUs.
 """
 
@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from unirg.plugin.infer import Draft, GenerationConfig, ModelInfo, StudyInput, load_model, model_info
-from unirg.plugin.infer.families import RemoteCodeNotTrusted, UnsupportedModel, adapter_for, save_processor
-from unirg.plugin.infer.model import MANIFEST, WeightsMismatch, weights_sha256
-from unirg.plugin.infer.parse import TRUNCATED
-from unirg.plugin.infer.prompt import format_target
-from unirg.plugin.infer.tiny import build_tiny
+from unirg.model import Draft, GenerationConfig, ModelInfo, StudyInput, load_model, model_info
+from unirg.model.families import RemoteCodeNotTrusted, UnsupportedModel, adapter_for, save_processor
+from unirg.model.model import MANIFEST, WeightsMismatch, weights_sha256
+from unirg.model.parse import TRUNCATED
+from unirg.model.prompt import format_target
+from unirg.model.tiny import build_tiny
 
 FAMILIES = ["qwen3_vl", "qwen2_5_vl", "gemma3", "llava", "maira2"]
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None

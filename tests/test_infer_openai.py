@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from unirg.plugin.infer import GenerationConfig, StudyInput, load_model
-from unirg.plugin.infer.openai_backend import OpenAIBackend, OpenAIBackendError
-from unirg.plugin.infer.tiny import build_tiny
+from unirg.model import GenerationConfig, StudyInput, load_model
+from unirg.model.openai_backend import OpenAIBackend, OpenAIBackendError
+from unirg.model.tiny import build_tiny
 
 API_KEY = "test-key"
 

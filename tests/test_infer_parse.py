@@ -1,4 +1,4 @@
-"""Output parsing (unirg.plugin.infer.parse) and the shared prompt (unirg.plugin.infer.prompt).
+"""Output parsing (unirg.model.parse) and the shared prompt (unirg.model.prompt).
 
 Pure functions: no model needed.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from unirg.plugin.infer.parse import (
+from unirg.model.parse import (
     EMPTY,
     MISSING_FINDINGS,
     MISSING_IMPRESSION,
@@ -19,14 +19,14 @@ from unirg.plugin.infer.parse import (
     collapse_repetition,
     parse_report,
 )
-from unirg.plugin.infer.prompt import (
+from unirg.model.prompt import (
     INSTRUCTION,
     INSTRUCTION_LONGITUDINAL,
     build_prompt,
     format_target,
     to_openai_messages,
 )
-from unirg.plugin.infer.study import StudyInput
+from unirg.model.study import StudyInput
 
 # --- parse_report: headings -------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""DICOM -> PIL pipeline (unirg.plugin.infer.pixels) on every transfer syntax we meet."""
+"""DICOM -> PIL pipeline (unirg.model.pixels) on every transfer syntax we meet."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from unirg.plugin.infer.pixels import PixelDataError, dataset_to_array, dataset_to_image, fit_image, window
+from unirg.model.pixels import PixelDataError, dataset_to_array, dataset_to_image, fit_image, window
 
 
 def chest_array(rows: int = 96, columns: int = 80, bits: int = 12) -> np.ndarray:
@@ -207,7 +207,7 @@ def test_window_function_linear_matches_dicom_formula():
 
 
 def test_study_input_from_datasets():
-    from unirg.plugin.infer.study import StudyInput
+    from unirg.model.study import StudyInput
 
     current = dx_dataset(
         chest_array(), ReasonForTheRequestedProcedure="Fever and cough", StudyInstanceUID="1.2.3"

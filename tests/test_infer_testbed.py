@@ -12,9 +12,9 @@ import pydicom
 import pytest
 
 from unirg.trainer import synth
-from unirg.plugin.infer import GenerationConfig, StudyInput, load_model
-from unirg.plugin.infer.pixels import dataset_to_array
-from unirg.plugin.infer.tiny import build_tiny
+from unirg.model import GenerationConfig, StudyInput, load_model
+from unirg.model.pixels import dataset_to_array
+from unirg.model.tiny import build_tiny
 from unirg.plugin.select import select_views
 
 

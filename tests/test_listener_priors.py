@@ -128,8 +128,8 @@ def test_human_preliminary_report_beats_newer_unirg_and_other_ai_drafts_and_reac
     """The newest SR of the prior is our own draft (and another vendor's AI report): the radiologist's
     preliminary report is still the prior report, in the prompt and in the SR's evidence."""
     from prior_reports import human_report, other_ai_report, our_draft
-    from unirg.plugin.infer.prompt import build_prompt
-    from unirg.plugin.infer.study import Draft
+    from unirg.model.prompt import build_prompt
+    from unirg.model.study import Draft
     from unirg.plugin.pipeline import prepare_study, sr_from_draft
     from unirg.sr_writer import ModelInfo
 

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from unirg.plugin.config import apply_overrides, load_config
 from unirg.plugin.draft_cli import draft
-from unirg.plugin.infer.model import MANIFEST
-from unirg.plugin.infer.tiny import build_tiny
+from unirg.model.model import MANIFEST
+from unirg.model.tiny import build_tiny
 from unirg.plugin.pipeline import model_source
 from unirg.trainer import synth
 
@@ -57,7 +57,7 @@ def test_config_opt_in_reaches_the_model_watcher(tmp_path):
     maira = build_tiny("maira2", tmp_path / "maira2_cfg")
     shutil.rmtree(tmp_path / "maira2_cfg" / "__pycache__", ignore_errors=True)
     assert model_source(maira, trust_remote_code=True).current().adapter.name == "maira2"
-    from unirg.plugin.infer.families import RemoteCodeNotTrusted
+    from unirg.model.families import RemoteCodeNotTrusted
 
     with pytest.raises(RemoteCodeNotTrusted):
         model_source(maira).current()

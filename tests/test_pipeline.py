@@ -14,8 +14,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from unirg.trainer import synth
-from unirg.plugin.infer import GenerationConfig, load_model
-from unirg.plugin.infer.study import Draft, ModelInfo
+from unirg.model import GenerationConfig, load_model
+from unirg.model.study import Draft, ModelInfo
 from unirg.plugin.pipeline import (
     IMPRESSION_NOT_GENERATED,
     DraftRejected,

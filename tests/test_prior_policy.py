@@ -12,8 +12,8 @@ from pydicom import dcmread
 from dicom_peers import make_cxr, save
 from prior_reports import human_report, other_ai_report, our_draft
 from unirg.plugin.config import ConfigError, PriorsConfig
-from unirg.plugin.infer.prompt import NO_PRIOR_REPORT, build_prompt
-from unirg.plugin.infer.study import Draft
+from unirg.model.prompt import NO_PRIOR_REPORT, build_prompt
+from unirg.model.study import Draft
 from unirg.plugin.pipeline import prepare_study, sr_from_draft
 from unirg.plugin.prior_policy import (
     PriorCandidate,

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from unirg.trainer import synth
-from unirg.plugin.infer import GenerationConfig
-from unirg.plugin.infer.model import MANIFEST
-from unirg.plugin.infer.reload import CURRENT, ModelWatcher, NoPublishedModel, model_weights_sha256, read_current
+from unirg.model import GenerationConfig
+from unirg.model.model import MANIFEST
+from unirg.model.reload import CURRENT, ModelWatcher, NoPublishedModel, model_weights_sha256, read_current
 from unirg.plugin.pipeline import draft_study
 from unirg.trainer import publish as publish_module
 from unirg.trainer.publish import PublishError, publish_model
@@ -240,8 +240,8 @@ def test_tampered_version_without_a_pointer_hash_is_refused(trained, study, tmp_
 
 
 def test_hot_reload_passes_the_remote_code_opt_in(tmp_path):
-    from unirg.plugin.infer.families import RemoteCodeNotTrusted
-    from unirg.plugin.infer.tiny import build_tiny
+    from unirg.model.families import RemoteCodeNotTrusted
+    from unirg.model.tiny import build_tiny
 
     maira = build_tiny("maira2", tmp_path / "maira2_watch")
     with pytest.raises(RemoteCodeNotTrusted, match="--trust-remote-code"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unirg.plugin.infer import GenerationConfig, load_model
-from unirg.plugin.infer.tiny import build_tiny_qwen3_vl
+from unirg.model import GenerationConfig, load_model
+from unirg.model.tiny import build_tiny_qwen3_vl
 from unirg.trainer.rl import build_trainer, load_samples, study_input, train_rl
 from unirg.trainer.rl_config import load_rl_config
 from unirg.trainer.synth import generate_testbed
@@ -192,7 +192,7 @@ def test_training_samples_leave_out_sft_held_out_patients_and_other_institutions
 
 def test_rl_prompts_match_sft_prompts(testbed):
     """RL builds each study's prompt exactly as `unirg-trainer sft` trained on it (text and pixels)."""
-    from unirg.plugin.infer.prompt import build_prompt
+    from unirg.model.prompt import build_prompt
     from unirg.trainer.data import load_testbed
     from unirg.trainer.sft import StudyInputCache, testbed_examples
 

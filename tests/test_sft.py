@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from unirg.trainer import synth
-from unirg.plugin.infer import GenerationConfig, StudyInput, load_model
-from unirg.plugin.infer.families import adapter_for
-from unirg.plugin.infer.model import MANIFEST
-from unirg.plugin.infer.reload import model_weights_sha256
+from unirg.model import GenerationConfig, StudyInput, load_model
+from unirg.model.families import adapter_for
+from unirg.model.model import MANIFEST
+from unirg.model.reload import model_weights_sha256
 from unirg.plugin.select import select_views
 from unirg.trainer.sft import (
     StudyInputCache,
@@ -151,7 +151,7 @@ def test_training_prompt_is_the_inference_prompt(testbed, tmp_path):
     examples = testbed_examples(testbed)
     with_prior = [e for e in examples if e.prior_frontal]
     assert with_prior, "the tiny testbed should have a study with a prior"
-    from unirg.plugin.infer.tiny import build_tiny_qwen3_vl
+    from unirg.model.tiny import build_tiny_qwen3_vl
 
     path = build_tiny_qwen3_vl(tmp_path / "m", hidden_size=64, image_size=64, num_layers=1)
     adapter = adapter_for(path)

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import train_tiny_sft
 from dicom_factories import make_chest_image
-from unirg.plugin.infer.model import MANIFEST, TRAINING_DATA, model_info
+from unirg.model.model import MANIFEST, TRAINING_DATA, model_info
 from unirg.sr_writer import ModelInfo, ReportSections, build_draft_sr, check_research_labels, read_report, \
     write_dataset_atomic
 from unirg.sr_writer.build import SYNTHETIC_DATA_NOTE

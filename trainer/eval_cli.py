@@ -69,7 +69,7 @@ def _judge(model: str | None, gguf: str | None, base_url: str | None, cache: str
 @click.option("--predictions", type=click.Path(exists=True, dir_okay=False),
               help="JSONL: one {sample_id, findings, impression} per line.")
 @click.option("--model", "model_path", type=click.Path(exists=True, file_okay=False),
-              help="Draft the studies with this checkpoint (unirg.plugin.infer.load_model) instead.")
+              help="Draft the studies with this checkpoint (unirg.model.load_model) instead.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: eval.json, eval.md, eval.png (+ predictions.jsonl, compare.*).")
 @click.option("--name", default=None, help="Run name in tables (default: predictions file / model folder name).")
@@ -146,7 +146,7 @@ def eval_command(data: str | None, data_format: str, predictions: str | None, mo
         if not samples:
             raise click.ClickException("no samples left after the filters")
         if model_path:
-            from unirg.plugin.infer import GenerationConfig, load_model
+            from unirg.model import GenerationConfig, load_model
 
             try:
                 model = load_model(model_path, device=device, trust_remote_code=trust_remote_code)

@@ -828,7 +828,7 @@ def plot_comparison(comparison: Comparison, path: str | os.PathLike[str]) -> Pat
 def generate_predictions(model: Any, samples: Sequence[Sample], *, generation: Any = None,
                          image_size: int | None = 512, chunk: int = 32,
                          progress: Callable[[int, int], None] | None = None) -> dict[str, Prediction]:
-    """Draft every sample with ``model`` (a :class:`unirg.plugin.infer.ReportModel` or anything with
+    """Draft every sample with ``model`` (a :class:`unirg.model.ReportModel` or anything with
     ``draft(studies, generation)``); images are loaded ``chunk`` studies at a time, and the model batches by
     ``generation.batch_size``."""
     out: dict[str, Prediction] = {}

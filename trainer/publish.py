@@ -4,7 +4,7 @@
 wrote) into ``PUBLISH_DIR/versions/<version>/``, recomputes the weights hash, writes the
 manifest (``unirg-model.json``: name, version, weights hash, metrics), and only then
 flips ``PUBLISH_DIR/current.json`` with an atomic rename. The plugin's
-:class:`unirg.plugin.infer.reload.ModelWatcher` reads only ``current.json``, so it sees
+:class:`unirg.model.reload.ModelWatcher` reads only ``current.json``, so it sees
 the previous version or the complete new one, never a half-copied directory; the next
 job after the flip drafts with the new version and its SR names it.
 
@@ -38,8 +38,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from unirg.plugin.infer.model import MANIFEST
-from unirg.plugin.infer.reload import CURRENT, VERSIONS, Published, model_weights_sha256, read_current
+from unirg.model.model import MANIFEST
+from unirg.model.reload import CURRENT, VERSIONS, Published, model_weights_sha256, read_current
 
 __all__ = ["PublishError", "model_weights_sha256", "publish_model", "read_current"]
 

@@ -6,10 +6,10 @@ against the reference with the reward components, and update a LoRA adapter with
 
 How a study reaches the model (the same path as inference)
     :func:`study_input` turns a :class:`unirg.trainer.data.Sample` into the
-    :class:`~unirg.plugin.infer.StudyInput` the plugin would build from the DICOM files (pixels through
-    :func:`~unirg.plugin.infer.pixels.dataset_to_image`, indication from the image header, comparison
+    :class:`~unirg.model.StudyInput` the plugin would build from the DICOM files (pixels through
+    :func:`~unirg.model.pixels.dataset_to_image`, indication from the image header, comparison
     ``"Chest radiograph YYYY-MM-DD."`` and the prior's image + report); the family adapter's
-    :meth:`~unirg.plugin.infer.families.FamilyAdapter.prompts` (:func:`~unirg.plugin.infer.prompt.build_prompt`)
+    :meth:`~unirg.model.families.FamilyAdapter.prompts` (:func:`~unirg.model.prompt.build_prompt`)
     makes the chat messages. Each dataset row is ``{"prompt": messages, "images": [PIL...], "reference":
     format_target(findings, impression), ...}``: TRL 1.16's VLM path fills the ``{"type": "image"}``
     placeholders with the row's images (``prepare_multimodal_messages``), renders them with the processor's
@@ -62,7 +62,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from unirg.plugin.infer.prompt import format_target
+from unirg.model.prompt import format_target
 from unirg.trainer.data.study import study_input
 from unirg.trainer.rl_config import RLConfig, RLConfigError, load_rl_config
 
@@ -375,7 +375,7 @@ def _fingerprint(samples: Sequence, adapter, size: int, longitudinal: bool) -> s
     the generator); the same fingerprint reuses the Arrow file of an earlier run (e.g. on resume)."""
     import hashlib
 
-    from unirg.plugin.infer.prompt import INSTRUCTION
+    from unirg.model.prompt import INSTRUCTION
 
     digest = hashlib.sha256(f"unirg-rl:{adapter.name}:{adapter.system_prompt}:{INSTRUCTION}:{size}:"
                             f"{longitudinal}".encode())
@@ -399,7 +399,7 @@ def _dtype(cfg: RLConfig) -> torch.dtype:
 
 def load_policy(cfg: RLConfig):
     """``(model, processor, adapter)`` of the start policy ``cfg.sft`` (a LoRA adapter is merged)."""
-    from unirg.plugin.infer import load_model
+    from unirg.model import load_model
 
     if not cfg.sft:
         raise RLConfigError("no start policy: pass --sft PATH (the directory `unirg-trainer sft` wrote)")
@@ -545,7 +545,7 @@ def _versions() -> dict[str, str]:
 
 def _synthetic_only(sft: Path, cfg: RLConfig) -> bool:
     """The start policy was trained on synthetic data only and RL ran on the synthetic testbed."""
-    from unirg.plugin.infer.model import MANIFEST, TRAINING_DATA
+    from unirg.model.model import MANIFEST, TRAINING_DATA
     from unirg.trainer.data.registry import detect_format
 
     try:

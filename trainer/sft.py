@@ -1,10 +1,10 @@
 """Supervised fine-tuning of a report model (``unirg-trainer sft``).
 
 The model sees in training exactly what it sees in the plugin: the studies go through
-the same view selection, pixel pipeline (:func:`unirg.plugin.infer.pixels.dataset_to_image`),
-prompt (:func:`unirg.plugin.infer.prompt.build_prompt`) and family adapter
+the same view selection, pixel pipeline (:func:`unirg.model.pixels.dataset_to_image`),
+prompt (:func:`unirg.model.prompt.build_prompt`) and family adapter
 (:meth:`FamilyAdapter.training_inputs`: the inference prompt followed by the
-:func:`~unirg.plugin.infer.prompt.format_target` answer, loss on the answer only).
+:func:`~unirg.model.prompt.format_target` answer, loss on the answer only).
 
 Trainer: TRL's ``SFTTrainer``. It fits a VLM with our own collator: the dataset only
 holds example indices (no ``image``/``images`` column, so TRL does no vision preparation of
@@ -54,11 +54,11 @@ from typing import Any
 
 import torch
 
-from unirg.plugin.infer.families import FamilyAdapter, adapter_for, save_processor
-from unirg.plugin.infer.model import MANIFEST, TRAINING_DATA
-from unirg.plugin.infer.prompt import format_target
-from unirg.plugin.infer.reload import model_weights_sha256
-from unirg.plugin.infer.study import GenerationConfig, StudyInput, chunked, indication_from_dataset
+from unirg.model.families import FamilyAdapter, adapter_for, save_processor
+from unirg.model.model import MANIFEST, TRAINING_DATA
+from unirg.model.prompt import format_target
+from unirg.model.reload import model_weights_sha256
+from unirg.model.study import GenerationConfig, StudyInput, chunked, indication_from_dataset
 from unirg.trainer.sft_config import SFTRunConfig, load_config
 
 __all__ = [
@@ -192,7 +192,7 @@ class StudyInputCache:
     def _load(self, path: str) -> None:
         import pydicom
 
-        from unirg.plugin.infer.pixels import dataset_to_image
+        from unirg.model.pixels import dataset_to_image
 
         ds = pydicom.dcmread(path)
         self._images[path] = dataset_to_image(ds, size=self.decode_size)
@@ -283,7 +283,7 @@ def _device(config: SFTRunConfig) -> torch.device:
 
 def build_init(config: SFTRunConfig, out_dir: Path, corpus: Sequence[str]) -> Path:
     """The random-weight starting model named by ``config.init``, written to ``out_dir``."""
-    from unirg.plugin.infer.tiny import build_tiny_qwen3_vl
+    from unirg.model.tiny import build_tiny_qwen3_vl
 
     model_type = {"tiny-qwen3-vl": "qwen3_vl", "tiny-qwen2.5-vl": "qwen2_5_vl"}[str(config.init)]
     return build_tiny_qwen3_vl(
@@ -722,7 +722,7 @@ def evaluate_model_dir(
     baseline writes the commonest training report for every study. With ``write`` the
     result goes into the model's ``unirg-model.json`` under ``metrics``.
     """
-    from unirg.plugin.infer.model import load_model
+    from unirg.model.model import load_model
 
     started = time.monotonic()
     model_dir = Path(model_dir)

@@ -103,7 +103,7 @@ def load_dicom_folder(folder: str | os.PathLike[str], *, include_drafts: bool = 
         report = picked[1] if picked else None
         indication = report.indication if report else None
         if not indication and entry["images"]:
-            from unirg.plugin.infer.study import indication_from_dataset
+            from unirg.model.study import indication_from_dataset
 
             indication = indication_from_dataset(header)
         institution = optional(header.get("InstitutionName")) or (optional(picked[0].get("InstitutionName"))

@@ -170,7 +170,7 @@ class ImageRef:
 
     def load(self, size: int | None = None, mode: str = "RGB") -> Image.Image:
         """The image as PIL (DICOM windowed to 8 bits), fitted to a ``size`` square when given."""
-        from unirg.plugin.infer.pixels import dataset_to_image, fit_image
+        from unirg.model.pixels import dataset_to_image, fit_image
 
         if self.loader is not None:
             image = self.loader()

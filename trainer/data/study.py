@@ -5,7 +5,7 @@ Used by RL and eval, so training, evaluation and the running plugin prompt the m
 
 from __future__ import annotations
 
-from unirg.plugin.infer.study import StudyInput
+from unirg.model.study import StudyInput
 
 __all__ = ["study_input"]
 
@@ -16,7 +16,7 @@ def _header_indication(ref) -> tuple[str | None, str | None]:
         return None, None
     import pydicom
 
-    from unirg.plugin.infer.study import indication_from_dataset
+    from unirg.model.study import indication_from_dataset
 
     ds = pydicom.dcmread(ref.path, stop_before_pixels=True)
     return indication_from_dataset(ds), str(getattr(ds, "StudyDate", "") or "") or None

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from unirg.plugin.infer.families import FamilyAdapter, adapter_for
-from unirg.plugin.infer.reload import WEIGHT_SUFFIXES, directories_weights_sha256
-from unirg.plugin.infer.study import Draft, GenerationConfig, ModelInfo, StudyInput, chunked
+from unirg.model.families import FamilyAdapter, adapter_for
+from unirg.model.reload import WEIGHT_SUFFIXES, directories_weights_sha256
+from unirg.model.study import Draft, GenerationConfig, ModelInfo, StudyInput, chunked
 
 __all__ = ["MANIFEST", "ReportModel", "WeightsMismatch", "load_model", "model_info", "weights_sha256"]
 

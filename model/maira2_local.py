@@ -3,7 +3,7 @@
 MAIRA-2 (microsoft/maira-2) ships its config, model and processor as remote code
 (``trust_remote_code=True``), which cannot be downloaded here. This file is *our own*
 implementation of the parts of that API the adapter
-(:class:`unirg.plugin.infer.families.Maira2Adapter`) relies on, written from the
+(:class:`unirg.model.families.Maira2Adapter`) relies on, written from the
 model card's documented usage:
 
 * ``Maira2Config`` (``model_type="maira2"``), a :class:`~transformers.LlavaConfig`;
@@ -14,7 +14,7 @@ model card's documented usage:
   prior_frontal, indication, technique, comparison, prior_report, ...)`` and
   ``convert_output_to_plaintext_or_grounded_sequence``.
 
-:func:`unirg.plugin.infer.tiny.build_tiny_maira2` copies this file into a checkpoint
+:func:`unirg.model.tiny.build_tiny_maira2` copies this file into a checkpoint
 as ``modeling_maira2.py`` and points ``auto_map`` at it, so loading goes through
 transformers' remote-code path as it would for the real model. It must therefore only
 import third-party packages, never ``unirg``.

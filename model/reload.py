@@ -113,7 +113,7 @@ def read_current(publish_dir: str | Path) -> Published | None:
 
 
 def _default_loader(path: Path, **kwargs: Any) -> Any:
-    from unirg.plugin.infer.model import load_model
+    from unirg.model.model import load_model
 
     return load_model(path, **kwargs)
 
@@ -246,7 +246,7 @@ class ModelWatcher:
             return True
 
     def _load(self, published: Published) -> Any:
-        from unirg.plugin.infer.model import MANIFEST, WeightsMismatch
+        from unirg.model.model import MANIFEST, WeightsMismatch
 
         if not published.path.is_dir():
             raise FileNotFoundError(f"{published.path} (named by {CURRENT}) is not a directory")

@@ -5,7 +5,7 @@ Every builder makes a locally trained tokenizer (byte-level BPE from the
 special tokens the family's processor needs), wraps it in the family's tokenizer class,
 sets a chat template, builds the model from its config class and writes everything with
 ``save_pretrained`` in the layout of the family's published checkpoints, so
-:func:`unirg.plugin.infer.load_model` loads it the way it loads a real one.
+:func:`unirg.model.load_model` loads it the way it loads a real one.
 
 Used by the tests and by ``unirg-trainer sft`` to initialise the demo model
 (:func:`build_tiny_qwen3_vl`, about 1-5 M parameters depending on ``hidden_size`` and
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from unirg.plugin.infer.prompt import prompt_corpus
+from unirg.model.prompt import prompt_corpus
 
 __all__ = [
     "REPORT_CORPUS",
@@ -606,14 +606,14 @@ def build_tiny_maira2(
     """A random-weight MAIRA-2-layout checkpoint with local remote code.
 
     The checkpoint holds ``modeling_maira2.py`` (a copy of
-    :mod:`unirg.plugin.infer.maira2_local`, our stand-in for Microsoft's remote code)
+    :mod:`unirg.model.maira2_local`, our stand-in for Microsoft's remote code)
     and ``auto_map`` entries in ``config.json`` and ``processor_config.json``, so it
     loads with ``trust_remote_code=True`` like the published model. Vision tower:
     a tiny DINOv2 (as RAD-DINO); language model: a tiny Llama (as Vicuna).
     """
     from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 
-    from unirg.plugin.infer import maira2_local
+    from unirg.model import maira2_local
 
     out = _prepare(out_dir, overwrite)
     torch.manual_seed(seed)

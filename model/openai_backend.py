@@ -1,6 +1,6 @@
 """Draft reports through an OpenAI-compatible server (vLLM, ``transformers serve``, ...).
 
-Sends the same prompt as the local backend (:func:`unirg.plugin.infer.prompt.build_prompt`)
+Sends the same prompt as the local backend (:func:`unirg.model.prompt.build_prompt`)
 to ``POST {base_url}/chat/completions``, images as base64 PNG data URLs, one request
 per study, ``generation.batch_size`` requests in flight. Only the standard library is
 used for HTTP.
@@ -17,8 +17,8 @@ import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from unirg.plugin.infer.prompt import SYSTEM_PROMPT, Prompt, build_prompt, to_openai_messages
-from unirg.plugin.infer.study import Draft, GenerationConfig, ModelInfo, StudyInput
+from unirg.model.prompt import SYSTEM_PROMPT, Prompt, build_prompt, to_openai_messages
+from unirg.model.study import Draft, GenerationConfig, ModelInfo, StudyInput
 
 __all__ = ["OpenAIBackend", "OpenAIBackendError"]
 
@@ -43,11 +43,11 @@ class OpenAIBackend:
     info : ModelInfo, optional
         Identity written into the SR. Default: ``ModelInfo(model, "served", "")`` (the
         weights hash of a remote server is unknown); pass
-        :func:`unirg.plugin.infer.model_info` of the served checkpoint when you have it.
+        :func:`unirg.model.model_info` of the served checkpoint when you have it.
     timeout : float
         Seconds per request.
     system_prompt : str or None
-        As in :func:`~unirg.plugin.infer.prompt.build_prompt`.
+        As in :func:`~unirg.model.prompt.build_prompt`.
     """
 
     def __init__(

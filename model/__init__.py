@@ -2,7 +2,7 @@
 
 Public API::
 
-    from unirg.plugin.infer import load_model, GenerationConfig, StudyInput
+    from unirg.model import load_model, GenerationConfig, StudyInput
 
     model = load_model("/models/unirg-cxr")            # Qwen3-VL, Qwen2.5-VL, Gemma 3, MAIRA-2, LLaVA
     study = StudyInput.from_datasets(frontal_ds, indication="Cough.")
@@ -13,7 +13,7 @@ Public API::
 Heavy imports (torch, transformers) happen on first use of the model classes.
 """
 
-from unirg.plugin.infer.study import Draft, GenerationConfig, ModelInfo, StudyInput
+from unirg.model.study import Draft, GenerationConfig, ModelInfo, StudyInput
 
 __all__ = [
     "Draft",
@@ -27,10 +27,10 @@ __all__ = [
 ]
 
 _LAZY = {
-    "load_model": "unirg.plugin.infer.model",
-    "model_info": "unirg.plugin.infer.model",
-    "ReportModel": "unirg.plugin.infer.model",
-    "OpenAIBackend": "unirg.plugin.infer.openai_backend",
+    "load_model": "unirg.model.model",
+    "model_info": "unirg.model.model",
+    "ReportModel": "unirg.model.model",
+    "OpenAIBackend": "unirg.model.openai_backend",
 }
 
 
@@ -39,4 +39,4 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'unirg.plugin.infer' has no attribute {name!r}")
+    raise AttributeError(f"module 'unirg.model' has no attribute {name!r}")

@@ -1,9 +1,9 @@
 """One small adapter per model family, chosen from ``config.json``'s ``model_type``.
 
 An adapter knows how to load a family's processor and model and how to turn
-:class:`~unirg.plugin.infer.study.StudyInput` objects into one batch of ``generate``
+:class:`~unirg.model.study.StudyInput` objects into one batch of ``generate``
 inputs. Everything else (batching, decoding, parsing) is shared in
-:mod:`unirg.plugin.infer.model`.
+:mod:`unirg.model.model`.
 
 =================  ==========================  ===========================================
 family             ``model_type``              prompt
@@ -43,8 +43,8 @@ import torch
 import transformers
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-from unirg.plugin.infer.prompt import SYSTEM_PROMPT, build_prompt
-from unirg.plugin.infer.study import StudyInput
+from unirg.model.prompt import SYSTEM_PROMPT, build_prompt
+from unirg.model.study import StudyInput
 
 __all__ = [
     "ADAPTERS",
@@ -183,7 +183,7 @@ class FamilyAdapter:
         token), ``-100`` on the prompt and the padding.
 
         The prompt is exactly what :meth:`prepare` sends at inference; ``targets`` are
-        usually :func:`unirg.plugin.infer.prompt.format_target` texts.
+        usually :func:`unirg.model.prompt.format_target` texts.
         """
         prefixes, full, images = self.training_texts(processor, studies, targets)
         options = dict(padding=True, padding_side="right", return_tensors="pt")

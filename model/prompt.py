@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from unirg.plugin.infer.study import StudyInput
+from unirg.model.study import StudyInput
 
 __all__ = [
     "INSTRUCTION",
@@ -101,7 +101,7 @@ def context_text(indication: str | None, comparison: str | None) -> str:
 
 
 def format_target(findings: str, impression: str) -> str:
-    """The answer a model is trained to give, and that :mod:`~unirg.plugin.infer.parse` reads back."""
+    """The answer a model is trained to give, and that :mod:`~unirg.model.parse` reads back."""
     return f"Findings: {_clean(findings)}\nImpression: {_clean(impression)}"
 
 

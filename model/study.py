@@ -1,8 +1,8 @@
 """The data that crosses the infer API: study inputs, generation settings, drafts.
 
 These are plain dataclasses shared by the local transformers backend
-(:class:`unirg.plugin.infer.model.ReportModel`), the OpenAI-compatible backend
-(:class:`unirg.plugin.infer.openai_backend.OpenAIBackend`) and the trainer.
+(:class:`unirg.model.model.ReportModel`), the OpenAI-compatible backend
+(:class:`unirg.model.openai_backend.OpenAIBackend`) and the trainer.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class StudyInput:
     ----------
     frontal : PIL.Image.Image
         Current frontal (PA or AP) image, already windowed to 8 bits
-        (see :func:`unirg.plugin.infer.pixels.dataset_to_image`).
+        (see :func:`unirg.model.pixels.dataset_to_image`).
     lateral : PIL.Image.Image, optional
         Current lateral image. The UniRG-CXR prompt does not use it; MAIRA-2 does.
     indication, comparison, technique : str, optional
@@ -62,7 +62,7 @@ class StudyInput:
             if not isinstance(value, Image.Image):
                 raise TypeError(
                     f"StudyInput.{name} must be a PIL.Image.Image, got {type(value).__name__}; "
-                    "convert DICOM with unirg.plugin.infer.pixels.dataset_to_image() "
+                    "convert DICOM with unirg.model.pixels.dataset_to_image() "
                     "or use StudyInput.from_datasets()"
                 )
 
@@ -90,7 +90,7 @@ class StudyInput:
         (see :func:`indication_from_dataset`); ``comparison`` defaults to the
         prior study's date when a prior is given.
         """
-        from unirg.plugin.infer.pixels import dataset_to_image
+        from unirg.model.pixels import dataset_to_image
 
         if indication is None:
             indication = indication_from_dataset(frontal)
@@ -210,7 +210,7 @@ class GenerationConfig:
 class Draft:
     """One drafted report.
 
-    ``flags`` come from :func:`unirg.plugin.infer.parse.parse_report` (e.g. ``"empty"``,
+    ``flags`` come from :func:`unirg.model.parse.parse_report` (e.g. ``"empty"``,
     ``"truncated"``, ``"missing_impression"``); an empty tuple means a clean parse.
     """
 
@@ -239,8 +239,8 @@ class Draft:
         sections: tuple[str, ...] = ("findings", "impression"),
         study_uid: str | None = None,
     ) -> Draft:
-        """Parse generated text (see :func:`unirg.plugin.infer.parse.parse_report`)."""
-        from unirg.plugin.infer.parse import parse_report
+        """Parse generated text (see :func:`unirg.model.parse.parse_report`)."""
+        from unirg.model.parse import parse_report
 
         parsed = parse_report(raw_text, truncated=truncated, sections=sections)
         return cls(
