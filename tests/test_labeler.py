@@ -206,6 +206,27 @@ MULTI_CLAUSE = cases(
     ("The opacity has progressed since 6 May 2021, in keeping with pneumonia.", {"Lung Opacity": 1, "Pneumonia": 1}),
 )
 
+# Phrasings of real reports that the rules once missed (issue 11); tests/test_labeler_real_style.py has the set.
+REAL_PHRASING = cases(
+    ("No focal consolidation, pneumothorax, or large pleural effusion.",
+     {"Consolidation": 0, "Pneumothorax": 0, "Pleural Effusion": 0, NF: 1}),
+    ("No pneumothorax, moderate effusion, or focal airspace disease.",
+     {"Pneumothorax": 0, "Pleural Effusion": 0, "Lung Opacity": 0, NF: 1}),
+    ("No pneumothorax, small left effusion.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
+    ("Normal size and configuration of the cardiac silhouette.", {"Cardiomegaly": 0, NF: 1}),
+    ("Normal size and contour of the mediastinum.", {"Enlarged Cardiomediastinum": 0, NF: 1}),
+    ("Cardiac and mediastinal silhouettes are unremarkable.",
+     {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, NF: 1}),
+    ("The lungs are well inflated and clear.", {"Lung Opacity": 0, NF: 1}),
+    ("The line terminates at the cavoatrial junction.", {"Support Devices": 1, NF: 1}),
+    ("Tip of the right-sided line in the SVC.", {"Support Devices": 1, NF: 1}),
+    ("Surgical clips in the right axilla.", {"Support Devices": 1, NF: 1}),
+    ("No pneumothorax following left chest tube placement.", {"Pneumothorax": 0, "Support Devices": 1, NF: 1}),
+    ("Right mid zone airspace shadowing, likely infective.", {"Lung Opacity": 1, "Pneumonia": 1}),
+    ("Upper lobe venous diversion in keeping with cardiac failure.", {"Edema": 1, "Cardiomegaly": -1}),
+    ("Diffuse opacities, ARDS or pulmonary edema.", {"Lung Opacity": 1, "Edema": -1}),
+)
+
 
 @pytest.mark.parametrize("text, expected", NORMAL_BOILERPLATE)
 def test_normal_boilerplate(text, expected):
@@ -234,6 +255,11 @@ def test_uncertainty(text, expected):
 
 @pytest.mark.parametrize("text, expected", MULTI_CLAUSE)
 def test_multi_clause_and_multi_sentence(text, expected):
+    assert labeled(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", REAL_PHRASING)
+def test_real_report_phrasing(text, expected):
     assert labeled(text) == expected
 
 
@@ -423,7 +449,7 @@ def test_fast_alternation_finds_what_re_finditer_finds(group):
         patterns = [p.pattern for p in P.MENTIONS[group]]
     alternation = Alternation(patterns)
     corpus = [p.values[0].lower() for table in (NORMAL_BOILERPLATE, NEGATION, POSITIVE_AND_SYNONYMS, COMPARISON,
-                                                UNCERTAINTY, MULTI_CLAUSE) for p in table]
+                                                UNCERTAINTY, MULTI_CLAUSE, REAL_PHRASING) for p in table]
     corpus += [NORMAL_REPORT.lower(), ICU_REPORT.lower(), COPD_REPORT.lower()]
     for text in corpus:
         fast = [(s, e) for s, e, _ in alternation.finditer(text)]

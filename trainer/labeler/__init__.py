@@ -36,7 +36,14 @@ Decisions (CheXpert's where it has one):
 - Beyond CheXpert's lists: "lungs are clear" → Lung Opacity 0; "sharp costophrenic angles" → Pleural Effusion
   0; "blunting of the costophrenic angle" → Pleural Effusion -1; "vascular congestion" / "cephalization" /
   "fluid overload" → Edema -1 (CheXpert: congestion and vascular prominence); metastases → Lung Lesion;
-  sternotomy wires, stents and tracheostomy → Support Devices. "fibrosis" → Pleural Other (CheXpert's list).
+  sternotomy wires, stents, tracheostomy, surgical clips and a "line" named by its tip or position ("the line
+  terminates in the SVC") → Support Devices; a device followed by "placement" / "insertion" is positive even
+  under a negation ("no pneumothorax after chest tube placement"). "fibrosis" → Pleural Other (CheXpert's list).
+  British wording: "shadowing" → Lung Opacity, "infective" → Pneumonia, "cardiac failure" → heart failure,
+  "upper lobe (venous) diversion" → Edema -1.
+- A negation carries across an "or" list whose items carry a size word ("no consolidation, pneumothorax, or
+  large effusion"); without "or" a size word starts a new statement ("no pneumothorax, small left effusion").
+  "Normal size and configuration of the cardiac silhouette" is negative.
 - A blank text gets ``None`` for all 14 (not "No Finding" = 1): an empty completion must not look normal.
 - Laterality: "left" / "right" / "bilateral" from the words before the mention (up to 6, back to the previous
   mention), else after it up to the next comma or mention ("opacity in the left lower lobe"); "bibasilar",

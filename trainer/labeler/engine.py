@@ -104,6 +104,9 @@ _PSEUDO = re.compile("|".join(T.PSEUDO_NEGATIONS))
 _TERMINATOR = re.compile(T.TERMINATORS)
 _LIST_SEPARATOR = re.compile(T.LIST_SEPARATOR)
 _SCOPE_BREAK = re.compile(T.SCOPE_BREAK)
+_OR_LIST = re.compile(T.OR_LIST)
+_PLACEMENT = re.compile(r"\s+(?:placement|insertion|placed|inserted)\b")
+_MODIFIER_BREAK = re.compile(T.MODIFIER_BREAK)
 _PREDICATE = re.compile(T.PREDICATE)
 _ABNORMAL = re.compile(T.ABNORMAL_WORDS)
 _OR_LINK = re.compile(T.OR_LINK)
@@ -193,8 +196,11 @@ def _forward(low: str, hits: Sequence[_Hit], clause: tuple[int, int], start: int
         if _words(low, hit.end, start) > hit.trigger.window:
             continue
         items = _LIST_SEPARATOR.split(low[hit.end : start])
-        if any(_SCOPE_BREAK.search(item) for item in items[1:]):
-            continue
+        if len(items) > 1:
+            if _OR_LIST.search(low, hit.end, clause[1]):
+                items = [_MODIFIER_BREAK.sub(" ", item) for item in items]
+            if any(_SCOPE_BREAK.search(item) for item in items[1:]):
+                continue
         best = hit
     return best
 
@@ -326,6 +332,8 @@ def _classify(low: str, raw: _Raw, hits: dict[_TriggerClass, list[_Hit]]) -> tup
     def fire(fwd: _TriggerClass, bwd: _TriggerClass) -> _Hit | None:
         return _forward(low, hits[fwd], raw.clause, raw.start) or _backward(low, hits[bwd], raw.clause, raw.end)
 
+    if raw.observation == SUPPORT_DEVICES and _PLACEMENT.match(low, raw.end):
+        return POSITIVE, "phrase: placement"  # "no pneumothorax after chest tube placement": the tube is in
     if hit := fire(_PRE_FWD, _PRE_BWD):
         return UNCERTAIN, f"uncertain: {hit.trigger.name}"
     if hit := fire(_NEG_FWD, _NEG_BWD):

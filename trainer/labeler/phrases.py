@@ -62,7 +62,7 @@ MENTIONS: dict[str, list[Phrase]] = {
         _p("widened mediastinum", r"\benlarged\s+(?:cardio)?mediastin(?:um|al\s+(?:silhouette|contours?))\b"),
         _p("cardiomediastinal silhouette", r"\bcardio[\s-]?mediastin(?:al|um)(?:\s+(?:silhouette|contours?|size|shadow|structures?|outlines?))?\b", neutral=True),
         _p("mediastinal contour", r"\b(?:mediastinal\s*(?:,|and|/)\s*hilar|hilar\s*(?:,|and|/)\s*mediastinal)\s+(?:contours?|silhouettes?|structures?|shadows?)\b", neutral=True),
-        _p("mediastinal contour", r"\bmediastinal\s+(?:contours?|silhouette|width|configuration|structures?|shadow|outlines?|borders?)\b", neutral=True),
+        _p("mediastinal contour", r"\bmediastinal\s+(?:contours?|silhouettes?|width|configuration|structures?|shadow|outlines?|borders?)\b", neutral=True),
         _p("mediastinum", r"\b(?:superior\s+)?mediastinum\b", neutral=True),
         _p("pericardial silhouette", r"\bpericardial\s+silhouette\b", neutral=True),
     ],
@@ -70,6 +70,7 @@ MENTIONS: dict[str, list[Phrase]] = {
         _p("cardiomegaly", r"\bcardiomegaly\b"),
         _p("cardiomegaly", r"\b(?:cardiac|heart)\s+enlargement\b"),
         _p("cardiomegaly", r"\benlarge(?:d|ment\s+of)\s+(?:the\s+)?(?:heart|cardiac\s+(?:silhouette|shadow|contour|size))\b"),
+        _p("heart size", r"\b(?:heart|cardiac)\s+(?:and|,)\s+mediastinal\s+(?:contours?|silhouettes?|outlines?|shadows?)\b", neutral=True),
         _p("heart size", r"\b(?:heart|cardiac)\s+(?:size|silhouette|shadow|contours?|diameter|dimensions?)\b", neutral=True),
         _p("heart size", r"\bsize\s+of\s+the\s+(?:heart|cardiac\s+silhouette)\b", neutral=True),
         _p("heart size", r"\bcardiothoracic\s+ratio\b", neutral=True),
@@ -80,7 +81,7 @@ MENTIONS: dict[str, list[Phrase]] = {
         _p("nodule", r"\b(?:micro)?nodules?\b"),
         _p("mass", r"\bmass(?:es)?\b"),
         _p("mass", r"\blump\b"),
-        _p("lung lesion", r"\b(?:cavitary|cavitating|spiculated|pulmonary|lung|parenchymal|space[\s-]occupying)\s+lesions?\b"),
+        _p("lung lesion", r"\b(?:cavitary|cavitating|spiculated|pulmonary|lung|parenchymal|space[\s-]occupying|coin)\s+lesions?\b"),
         _p("cavity", r"\bcavit(?:y|ies|ation)\b"),
         _p("neoplasm", r"\b(?:carcinoma|neoplasms?|neoplastic|tumou?rs?|malignan(?:cy|cies|t)|cancer)\b"),
         _p("metastasis", r"\bmetasta(?:sis|ses|tic\s+disease)\b"),
@@ -89,7 +90,7 @@ MENTIONS: dict[str, list[Phrase]] = {
         _p("lungs clear",
            r"\b(?:both\s+)?(?:lungs?|lung\s+(?:fields?|bases|apices|parenchyma|zones)|bases)(?:\s*:)?\s+"
            r"(?:" + _COP + r"\s+)?"
-           r"(?:(?:now|otherwise|essentially|grossly|well|expanded|well[\s-]expanded|hyperinflated|hyperexpanded|"
+           r"(?:(?:now|otherwise|essentially|grossly|well|expanded|aerated|inflated|well[\s-]expanded|hyperinflated|hyperexpanded|"
            r"low[\s-]volume|and|but|both|again|relatively|radiographically|remarkably|fully|entirely|still)\s+){0,4}"
            r"clear\b", label=0),
         _p("lungs clear", r"\bclear\s+(?:lungs?|lung\s+fields)\b", label=0),
@@ -106,15 +107,17 @@ MENTIONS: dict[str, list[Phrase]] = {
         _p("opacity", r"\bhaz(?:e|iness|y)\b"),
         _p("opacity", r"\bdensit(?:y|ies)\b"),
         _p("opacity", r"\bwhite[\s-]?out\b"),
+        _p("opacity", r"\bshadowing\b|\b(?:air[\s-]?space|alveolar|patchy|nodular|reticular)\s+shadows?\b"),
     ],
     "Edema": [
-        _p("heart failure", r"\b(?:congestive\s+)?heart\s+failure\b"),
+        _p("heart failure", r"\b(?:congestive\s+)?(?:heart|cardiac|left\s+ventricular)\s+failure\b|\blvf\b"),
         _p("heart failure", r"\bchf\b"),
         _p("edema", r"\b(?:pulmonary\s+|interstitial\s+|alveolar\s+|perihilar\s+)?o?edema(?:tous)?\b"),
         _p("vascular congestion", r"\b(?:pulmonary\s+)?(?:vascular|venous)\s+(?:congestion|engorgement|prominence|redistribution|plethora)\b", label=-1),
         _p("vascular congestion", r"\b(?:pulmonary\s+|central\s+)?congestion\b", label=-1),
         _p("vascular congestion", r"\b(?:(?:vascular|hilar|perihilar|vessel)\s+)?indistinctness\b", label=-1),
         _p("vascular congestion", r"\bcephali[sz]ation\b", label=-1),
+        _p("vascular congestion", r"\b(?:upper\s+lobe\s+)?(?:venous|blood|vascular)\s+diversion\b", label=-1),
         _p("vascular congestion", r"\b(?:fluid|volume)\s+overload\b", label=-1),
         _p("edema", r"\bkerley\s+(?:b\s+)?lines\b"),
     ],
@@ -125,7 +128,7 @@ MENTIONS: dict[str, list[Phrase]] = {
     "Pneumonia": [
         _p("pneumonia", r"\b(?:broncho)?pneumonias?\b"),
         _p("pneumonia", r"\bpna\b"),
-        _p("pneumonia", r"\binfect(?:ion|ions|ious)(?:\s+process)?\b"),
+        _p("pneumonia", r"\binfect(?:ion|ions|ious|ive)(?:\s+(?:process|change|changes))?\b"),
     ],
     "Atelectasis": [
         _p("atelectasis", r"\batelecta(?:sis|ses|tic)\b"),
@@ -160,6 +163,7 @@ MENTIONS: dict[str, list[Phrase]] = {
     "Fracture": [
         _p("fracture", r"\bfractur(?:e|es|ed)\b"),
         _p("fracture", r"\bfxs?\b"),
+        _p("fracture", r"\bcallus\b"),
     ],
     "Support Devices": [
         _p("lines and tubes", r"\b(?:lines?\s*(?:and|/|,)\s*tubes?|tubes?\s*(?:and|/|,)\s*lines?)\b"),
@@ -174,6 +178,8 @@ MENTIONS: dict[str, list[Phrase]] = {
            + _S + r"(?:venous\s+)?(?:lines?|catheters?|caths?)\b"),
         _p("central venous catheter", r"\b(?:picc|cvc|cvl|swan[\s-]?ganz|port[\s-]?a[\s-]?cath|portacath|mediport|power[\s-]?port)s?\b"),
         _p("catheter", r"\bcatheters?\b"),
+        _p("line", r"\blines?(?=\s+(?:tip|terminat|ends?\b|projects?|overl|courses?|extends?|(?:is\s+|lies\s+)?(?:in|at)\s+(?:the\s+)?(?:svc|superior\s+vena|right\s+atri|cavoatrial|brachiocephalic)))"),
+        _p("line", r"\btip\s+of\s+the\s+(?:\w+\s+){0,2}line\b"),
         _p("pacemaker", r"\b(?:(?:dual|single|biventricular)[\s-]chamber\s+)?(?:pacemaker|pacer|aicd|icd|defibrillator)(?:" + _S + r"(?:leads?|wires?|generator|device))?s?\b"),
         _p("pacemaker", r"\b(?:pacing|transvenous|epicardial|ecg|ekg|monitoring|telemetry)\s+(?:leads?|wires?|pads?)\b"),
         _p("pacemaker", r"\bleads\b(?!\s+to\b)"),
@@ -184,6 +190,7 @@ MENTIONS: dict[str, list[Phrase]] = {
         _p("port", r"\bport\b"),
         _p("assist device", r"\b(?:iabp|intra[\s-]?aortic\s+balloon(?:\s+pump)?|impella|lvad|(?:left\s+)?ventricular\s+assist\s+device|ecmo(?:\s+cannulae?)?)\b"),
         _p("cannula", r"\bcannula(?:e|s)?\b"),
+        _p("clips", r"\b(?:surgical|vascular|cholecystectomy|mediastinal|axillary|sternal|aneurysm)\s+clips?\b|\bclips\b"),
         _p("stent", r"\bstents?\b|\b(?:embolization\s+)?coils?\b"),
         _p("drain", r"\bdrains?\b"),
         _p("device", r"\b(?:support|monitoring|medical|implanted|cardiac)\s+devices?\b|\bdevices?\b|\bapparatus\b|\bequipment\b"),
@@ -224,6 +231,7 @@ UNMENTIONS: dict[str, list[str]] = {
         r"\b(?:bronchial|eustachian|fallopian)\s+tubes?\b",
         r"\bet\s+al\b",
         r"\bend[\s-]?plates?\b",
+        r"\b(?:pleural|skin|fold|fissural|septal|paraspinal|paratracheal|azygo\w*|junction|kerley\s+(?:b\s+)?)\s*lines?\b",
     ],
 }
 
@@ -268,4 +276,5 @@ OTHER_FINDINGS: list[Phrase] = [
     _p("bone lesion", r"\b(?:lytic|sclerotic|blastic|osseous|bony)\s+(?:lesions?|metastas(?:is|es))\b"),
     _p("thoracentesis", r"\bthoracentesis\b"),
     _p("pericardial effusion", r"\bpericardial\s+effusions?\b"),
+    _p("ards", r"\bards\b|\bacute\s+respiratory\s+distress\s+syndrome\b"),
 ]

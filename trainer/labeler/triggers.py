@@ -14,7 +14,9 @@ Rule classes, tried in CheXpert's order (first class that fires decides the ment
 Scope (forward triggers): the trigger and the mention must lie in the same clause (clauses end at ``;`` ``:``
 "but", "however", "except", "which", ...) and within the window. A list continues the scope ("no effusion,
 pneumothorax, or consolidation"); a later list item that reads like a new statement ends it ("no pneumothorax,
-small left effusion": ``SCOPE_BREAK`` words such as "small", "is", "there" after a comma or "and").
+small left effusion": ``SCOPE_BREAK`` words such as "small", "is", "there" after a comma or "and"), except that
+size words (``MODIFIER_BREAK``) do not when the list has an "or" (``OR_LIST``): "no consolidation,
+pneumothorax, or large effusion".
 
 Scope (backward triggers): the trigger must be the *first predicate* after the mention ("heart size and
 mediastinal contours are normal" negates both; "heart size is enlarged, mediastinum normal" negates only the
@@ -65,6 +67,8 @@ NEGATION_FWD = [
     Trigger("removed", r"\b(?:interval\s+)?(?:removal\s+of|removed|extubat(?:ed|ion))\b", 6),
     Trigger("rule out", r"\b(?:to\s+)?(?:rule\s+out|r/o|exclude)\b", 8),
     Trigger("history of", r"\bhistory\s+of\b", 6),
+    Trigger("normal size of", r"\b(?:normal|unremarkable)\s+(?:size|appearances?|configuration|contours?|outlines?|width)"
+            r"(?:\s*(?:,|and)\s*(?:size|appearances?|configuration|contours?|outlines?|shape))*\s+of\b", 3),
     Trigger("normal", r"\b(?:normal|nml|unremarkable)\b", 3),
 ]
 NEGATION_BWD = [
@@ -142,6 +146,13 @@ SCOPE_BREAK = (
     r"small|mild(?:ly)?|moderate(?:ly)?|large|severe(?:ly)?|trace|tiny|minimal|minor|slight(?:ly)?|extensive|"
     r"increas\w*|decreas\w*|improv\w*|worsen\w*|enlarged|unchanged|stable|again|persistent|residual|"
     r"possible|possibly|likely|probable|suspected|subtle|patchy|focal\s+(?:area|region))\b"
+)
+# In a list ending in "or" / "nor" ("no consolidation, pneumothorax, or large effusion") an item that is only a
+# size or extent word plus the finding is still negated; other break words still end the scope.
+OR_LIST = r"(?:,\s*|\s)(?:or|nor)\s"
+MODIFIER_BREAK = (
+    r"\b(?:small|mild(?:ly)?|moderate(?:ly)?|large|severe(?:ly)?|trace|tiny|minimal|minor|slight(?:ly)?|extensive|"
+    r"subtle|patchy|focal\s+(?:area|region))\b"
 )
 # A "new statement" test only applies after a separator; words inside the first item are part of the negated
 # phrase ("no large effusion").
