@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-TOP_LEVEL = ("plugin", "model", "sr_writer", "trainer")
+TOP_LEVEL = ("plugin", "model", "sr_writer", "trainer", "orthanc")
 
 setup(
     packages=[

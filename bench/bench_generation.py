@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.model:
                 print(f"no model at {model_path}", file=sys.stderr)
                 return 2
-            from unirg.model.tiny import build_tiny_qwen3_vl
+            from unirg.trainer.tiny_models import build_tiny_qwen3_vl
 
             model_path = build_tiny_qwen3_vl(Path(scratch) / "tiny", image_size=128)
             note = " (tiny random model: the demo model is not built)"

@@ -41,7 +41,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from unirg.plugin.config import apply_overrides, load_config
-from unirg.plugin.orthanc_cli import OrthancStack
+from unirg.plugin.orthanc.adapter import OrthancStack
 from unirg.sr_writer import ModelInfo, ReportSections, build_draft_sr
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 "$PY" - "$OUT" <<'PYEOF'
 import sys
 from pathlib import Path
-from unirg.model.tiny import build_tiny_qwen3_vl
+from unirg.trainer.tiny_models import build_tiny_qwen3_vl
 from unirg.trainer.synth import generate_testbed
 out = Path(sys.argv[1])
 if not (out / "tiny" / "config.json").is_file():

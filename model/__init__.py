@@ -40,3 +40,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'unirg.model' has no attribute {name!r}")
+
+import logging  # noqa: E402
+
+# A library: log records go nowhere until the application (our CLIs) configures logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

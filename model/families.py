@@ -60,7 +60,7 @@ __all__ = [
     "save_processor",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class UnsupportedModel(ValueError):
@@ -234,7 +234,7 @@ class QwenVLAdapter(FamilyAdapter):
         except ImportError as exc:
             if "torchvision" not in str(exc).lower():
                 raise
-            logger.info("AutoProcessor needs torchvision (%s); building an image-only processor", exc)
+            log.info("AutoProcessor needs torchvision (%s); building an image-only processor", exc)
         model_type = read_model_type(path)
         processor_cls = getattr(transformers, self._processor_classes[model_type])
         tokenizer = AutoTokenizer.from_pretrained(str(path))

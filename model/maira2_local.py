@@ -14,7 +14,7 @@ model card's documented usage:
   prior_frontal, indication, technique, comparison, prior_report, ...)`` and
   ``convert_output_to_plaintext_or_grounded_sequence``.
 
-:func:`unirg.model.tiny.build_tiny_maira2` copies this file into a checkpoint
+:func:`unirg.trainer.tiny_models.build_tiny_maira2` copies this file into a checkpoint
 as ``modeling_maira2.py`` and points ``auto_map`` at it, so loading goes through
 transformers' remote-code path as it would for the real model. It must therefore only
 import third-party packages, never ``unirg``.

@@ -32,7 +32,7 @@ from unirg.model.study import Draft, GenerationConfig, ModelInfo, StudyInput, ch
 
 __all__ = ["MANIFEST", "ReportModel", "WeightsMismatch", "load_model", "model_info", "weights_sha256"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MANIFEST = "unirg-model.json"
 #: Manifest key for what the model was trained on; ``"synthetic"``: synthetic data only (the SR says so).
@@ -270,7 +270,7 @@ def load_model(
     torch_device = _default_device(device)
     torch_dtype = _default_dtype(dtype, torch_device)
     attention = attn_implementation or _attention(torch_device)
-    logger.info(
+    log.info(
         "loading %s (%s) on %s as %s with %s attention",
         path,
         adapter.name,

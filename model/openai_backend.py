@@ -22,7 +22,7 @@ from unirg.model.study import Draft, GenerationConfig, ModelInfo, StudyInput
 
 __all__ = ["OpenAIBackend", "OpenAIBackendError"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class OpenAIBackendError(RuntimeError):

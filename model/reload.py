@@ -55,7 +55,7 @@ __all__ = [
     "read_current",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CURRENT = "current.json"
 """The pointer file in a publish directory."""
@@ -212,13 +212,13 @@ class ModelWatcher:
             try:
                 published = read_current(self.publish_dir)
             except (ValueError, OSError) as exc:
-                logger.error("cannot read the publish pointer in %s: %s", self.publish_dir, exc)
+                log.error("cannot read the publish pointer in %s: %s", self.publish_dir, exc)
                 published = None
                 if self._model is not None:
                     return False
             if published is None:
                 if self._model is None and self.fallback is not None:
-                    logger.info("nothing published in %s; serving the fallback %s", self.publish_dir, self.fallback)
+                    log.info("nothing published in %s; serving the fallback %s", self.publish_dir, self.fallback)
                     model = self.loader(self.fallback, **self.load_kwargs)
                     with self._swap:
                         self._model, self._version = model, None
@@ -230,7 +230,7 @@ class ModelWatcher:
                 model = self._load(published)
             except Exception as exc:  # keep serving the model we have
                 self._failed = published.version
-                logger.error("published version %s not loaded (%s: %s); keeping %s",
+                log.error("published version %s not loaded (%s: %s); keeping %s",
                              published.version, type(exc).__name__, exc, self._version or "the current model")
                 if self._model is None and self.fallback is None:
                     raise
@@ -242,7 +242,7 @@ class ModelWatcher:
             with self._swap:
                 old = self._version
                 self._model, self._version, self._failed = model, published.version, None
-            logger.info("model version %s swapped in (was %s)", published.version, old or "none/fallback")
+            log.info("model version %s swapped in (was %s)", published.version, old or "none/fallback")
             return True
 
     def _load(self, published: Published) -> Any:
@@ -276,7 +276,7 @@ class ModelWatcher:
             raise WeightsMismatch(f"the model loaded from {published.path} reports weights {loaded_sha}, "
                                   f"the manifest {expected}")
         if info is not None and getattr(info, "version", published.version) != published.version:
-            logger.warning("model in %s reports version %s, the pointer %s",
+            log.warning("model in %s reports version %s, the pointer %s",
                            published.path, info.version, published.version)
         return model
 

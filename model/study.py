@@ -95,9 +95,7 @@ class StudyInput:
         if indication is None:
             indication = indication_from_dataset(frontal)
         if comparison is None and prior_frontal is not None:
-            date = str(getattr(prior_frontal, "StudyDate", "") or "")
-            if len(date) == 8 and date.isdigit():
-                comparison = f"Chest radiograph {date[:4]}-{date[4:6]}-{date[6:]}."
+            comparison = comparison_from_date(str(getattr(prior_frontal, "StudyDate", "") or ""))
         return cls(
             frontal=dataset_to_image(frontal, size=size),
             lateral=dataset_to_image(lateral, size=size) if lateral is not None else None,
@@ -108,6 +106,17 @@ class StudyInput:
             prior_report=prior_report if prior_frontal is not None else None,
             study_uid=str(getattr(frontal, "StudyInstanceUID", "") or "") or None,
         )
+
+
+def comparison_from_date(date: str) -> str | None:
+    """The comparison line for a prior of DICOM date ``YYYYMMDD`` (``None`` for another value).
+
+    >>> comparison_from_date("20240102")
+    'Chest radiograph 2024-01-02.'
+    """
+    if len(date) == 8 and date.isdigit():
+        return f"Chest radiograph {date[:4]}-{date[4:6]}-{date[6:]}."
+    return None
 
 
 def indication_from_dataset(ds: Dataset) -> str | None:

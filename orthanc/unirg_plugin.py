@@ -11,8 +11,8 @@ Orthanc configuration (``unirg orthanc`` writes it; see orthanc/orthanc.json.tem
                       "Settings": {"listener": {"data_dir": "..."}},  (optional, applied last)
                       "SitePackages": ["/path/to/unirg/.venv/lib/python3.11/site-packages"]}
 
-The logic lives in ``unirg.plugin.orthanc_events`` and ``unirg.plugin.orthanc_routes``, which never
-import ``orthanc``.
+The logic lives in ``unirg.plugin.orthanc`` (``events``, ``recorder``, ``rest``, ``routes``), which never
+imports ``orthanc``.
 """
 
 import json
@@ -40,8 +40,9 @@ def _prepend_site_packages():
 
 _prepend_site_packages()
 
-from unirg.plugin.orthanc_events import OrthancLogHandler, OrthancPlugin, PluginRest  # noqa: E402
-from unirg.plugin.orthanc_routes import PATTERNS, Routes  # noqa: E402
+from unirg.plugin.orthanc.events import OrthancPlugin  # noqa: E402
+from unirg.plugin.orthanc.rest import OrthancLogHandler, PluginRest  # noqa: E402
+from unirg.plugin.orthanc.routes import PATTERNS, Routes  # noqa: E402
 
 plugin = OrthancPlugin.from_orthanc_configuration(_CONFIGURATION, PluginRest(orthanc))
 # POST routes (rerun) refuse to work unless Orthanc authenticates HTTP requests.

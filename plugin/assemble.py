@@ -30,7 +30,7 @@ from pydicom.uid import UID
 from sqlalchemy import Column, Connection, Engine, Float, Index, Integer, MetaData, String, Table, Text, select, update
 
 from unirg.plugin.config import AssemblyConfig
-from unirg.plugin.queue import JobQueue, db_now
+from unirg.plugin.queue import JobQueue, db_now, insert_ignore
 from unirg.plugin.select import FRONTAL_VIEWS, LATERAL, classify_view, is_chest
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "classify_instance",
     "assess_study",
     "StudyLedger",
+    "RerunRefused",
     "Assembler",
 ]
 
@@ -51,7 +52,6 @@ IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
     "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
 }
-
 
 
 @dataclass(frozen=True)
@@ -198,15 +198,6 @@ instances = Table(
 )
 
 
-def _insert_ignore(conn: Connection, table: Table) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for SQLite and PostgreSQL."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
-
-
 def _info_from_row(row: Any) -> InstanceInfo:
     return InstanceInfo(
         sop_instance_uid=row.sop_instance_uid,
@@ -222,6 +213,14 @@ def _info_from_row(row: Any) -> InstanceInfo:
     )
 
 
+class RerunRefused(Exception):
+    """The study cannot be re-run now; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class StudyLedger:
     """Instances and study states on the queue's database (two tables next to the jobs table)."""
 
@@ -233,6 +232,13 @@ class StudyLedger:
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, checkfirst=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction on the ledger's database: pass it as ``conn`` to record a batch at once
+        (tables of the caller's own on the same database may be read in it)."""
+        with self.engine.begin() as c:
+            yield c
 
     @contextmanager
     def _tx(self, conn: Connection | None) -> Iterator[Connection]:
@@ -256,7 +262,7 @@ class StudyLedger:
             # Create the study row if new (race-free on PostgreSQL), then lock it: every instance of
             # one study is recorded serially from here on.
             created = c.execute(
-                _insert_ignore(c, studies).values(
+                insert_ignore(c, studies).values(
                     study_uid=info.study_uid, state="collecting", revision=0,
                     first_received=now, last_received=now, updated_at=now,
                 )
@@ -351,6 +357,29 @@ class StudyLedger:
             return _do(conn)
         with self.engine.begin() as c:
             return _do(c)
+
+    def rerun(self, study_uid: str, queue: JobQueue, reason: str) -> dict[str, Any] | None:
+        """Queue revision + 1 of a done / failed study (job and study row in one transaction).
+
+        Returns the new job's summary; ``None`` when the study is still collecting (assess it instead).
+        Raises :class:`RerunRefused`: unknown (404), queued (409), skipped (422).
+        """
+        with self.engine.begin() as c:
+            row = c.execute(select(studies).where(studies.c.study_uid == study_uid).with_for_update()).first()
+            if row is None:
+                raise RerunRefused(f"no instance of study {study_uid} can be processed (none recorded)", 404)
+            if row.state == "queued":
+                raise RerunRefused(f"study {study_uid} is already queued (job {row.job_id}); wait for its draft")
+            if row.state == "skipped":
+                raise RerunRefused(f"study {study_uid} was skipped: {row.reason}", 422)
+            if row.state not in ("done", "failed"):
+                return None
+            revision = row.revision + 1
+            job_id = queue.enqueue(study_uid, revision, {"reason": reason}, conn=c)
+            c.execute(update(studies).where(studies.c.study_uid == study_uid)
+                      .values(state="queued", revision=revision, job_id=job_id, reason=reason, updated_at=db_now(c)))
+        log.info("event=study_rerun study=%s revision=%d job=%d", study_uid, revision, job_id)
+        return {"study_uid": study_uid, "revision": revision, "job_id": job_id, "state": "queued"}
 
     def state_counts(self) -> dict[str, int]:
         from sqlalchemy import func

@@ -5,6 +5,7 @@ import logging
 import click
 
 from unirg.plugin.demo import demo
+from unirg.plugin.dicomweb_cli import dicomweb
 from unirg.plugin.draft_cli import draft
 from unirg.plugin.listen_cli import listen, status, worker
 from unirg.plugin.orthanc_cli import orthanc
@@ -40,3 +41,4 @@ main.add_command(worker)
 main.add_command(status)
 main.add_command(orthanc)
 main.add_command(demo)
+main.add_command(dicomweb)

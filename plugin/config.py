@@ -4,7 +4,7 @@ Three layers, later ones win:
 
 1. the defaults below (every field carries a ``doc`` in its metadata; ``example_toml()`` prints them all),
 2. a TOML file (``unirg.toml``) with one table per section: ``[listener]``, ``[tls]``, ``[assembly]``,
-   ``[queue]``, ``[priors]``, ``[store]``, ``[worker]``, ``[model]``, ``[logging]``, ``[orthanc]``,
+   ``[queue]``, ``[priors]``, ``[store]``, ``[worker]``, ``[model]``, ``[logging]``, ``[orthanc]``, ``[dicomweb]``,
 3. environment variables ``UNIRG_<SECTION>_<KEY>`` (e.g. ``UNIRG_LISTENER_PORT=11113``,
    ``UNIRG_QUEUE_URL=postgresql://...``); lists are comma-separated, booleans 1/0/true/false/yes/no.
 
@@ -33,7 +33,9 @@ __all__ = [
     "WorkerConfig",
     "ModelConfig",
     "LoggingConfig",
+    "ViewerConfig",
     "OrthancConfig",
+    "DicomWebConfig",
     "Config",
     "ConfigError",
     "load_config",
@@ -267,8 +269,9 @@ class StoreConfig:
     """``[store]``: where draft SRs go."""
 
     destinations: list[str] = _doc(
-        "Allow-list of write-back destinations, AET@HOST:PORT each; every SR is C-STOREd to all of "
-        "them and to nothing else. Empty: the SR is only kept locally.",
+        "Allow-list of write-back destinations, AET@HOST:PORT (C-STORE) or dicomweb+http(s)://HOST/PATH "
+        "(STOW-RS, with the [dicomweb] credentials) each; every SR goes to all of them and to nothing else. "
+        "Empty: the SR is only kept locally.",
         factory=list,
     )
     calling_ae_title: str = _doc("Our AE title towards the destinations. Empty: listener.ae_title.", "")
@@ -279,13 +282,38 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         for d in self.destinations:
-            Peer.parse(d, "store.destinations")
+            if d.startswith(DICOMWEB_SCHEME):
+                _check_dicomweb_destination(d)
+            else:
+                Peer.parse(d, "store.destinations")
         if self.calling_ae_title:
             _check_ae_title(self.calling_ae_title, "store.calling_ae_title")
 
     @property
     def peers(self) -> list[Peer]:
-        return [Peer.parse(d, "store.destinations") for d in self.destinations]
+        """The C-STORE destinations."""
+        return [Peer.parse(d, "store.destinations") for d in self.destinations if not d.startswith(DICOMWEB_SCHEME)]
+
+    @property
+    def dicomweb_destinations(self) -> list[str]:
+        """The STOW-RS destinations, as written (``dicomweb+https://...``)."""
+        return [d for d in self.destinations if d.startswith(DICOMWEB_SCHEME)]
+
+
+#: Prefix of a STOW-RS destination in ``[store] destinations``.
+DICOMWEB_SCHEME = "dicomweb+"
+
+
+def _check_dicomweb_destination(text: str) -> str:
+    """The http(s) URL of a ``dicomweb+http(s)://host[:port]/path`` destination, else :class:`ConfigError`."""
+    from urllib.parse import urlsplit
+
+    url = text[len(DICOMWEB_SCHEME):]
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise ConfigError(f"store.destinations: expected dicomweb+http(s)://HOST[:PORT]/PATH without credentials "
+                          f"(they come from [dicomweb]), got {text!r}")
+    return url
 
 
 @dataclass
@@ -346,6 +374,18 @@ class LoggingConfig:
             raise ConfigError(f"logging.level: {self.level!r}; use DEBUG, INFO, WARNING or ERROR")
         if self.format not in ("text", "json"):
             raise ConfigError(f"logging.format: {self.format!r}; use 'text' or 'json'")
+
+
+@dataclass
+class ViewerConfig:
+    """``[viewer]``: where drafts can be reviewed (the OHIF viewer of ``unirg viewer`` / ``unirg demo``)."""
+
+    url: str = _doc("Base URL of the viewer, e.g. http://127.0.0.1:3000; set: the worker's sr_written log, "
+                    "`unirg status` and the draft route carry each draft's OHIF link. Empty: no links.", "")
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"viewer.url: {self.url!r}; use an http:// or https:// URL")
 
 
 @dataclass
@@ -429,6 +469,49 @@ class OrthancConfig:
         return out
 
 
+@dataclass
+class DicomWebConfig:
+    """``[dicomweb]``: a DICOMweb archive `unirg dicomweb` polls (QIDO-RS), reads (WADO-RS) and writes to (STOW-RS)."""
+
+    url: str = _doc("DICOMweb base URL of the archive (QIDO/WADO/STOW root), e.g. https://pacs/dicom-web.", "")
+    user: str = _doc("HTTP basic-auth user. Empty: no basic auth.", "")
+    password: str = _doc("Its password; prefer the UNIRG_DICOMWEB_PASSWORD variable to the file.", "")
+    token_env: str = _doc("Name of an environment variable holding a bearer token (sent as Authorization: Bearer).",
+                          "")
+    ca_bundle: str = _doc("CA bundle (PEM) to verify the archive's TLS certificate. Empty: the system's.", "")
+    since: str = _doc("Poll studies with StudyDate on or after YYYYMMDD on first start. Empty: today.", "")
+    poll_s: float = _doc("Seconds between two QIDO-RS polls.", 30.0)
+    stable_age_s: float = _doc(
+        "A study whose CR/DX instance count has not changed for this many seconds is drafted with what it has "
+        "(sooner when its expected views are in).", 60.0)
+    timeout_s: float = _doc("Seconds for one HTTP request to the archive.", 60.0)
+    receive_port: int = _doc(
+        "Port of unirg's own STOW-RS endpoint (POST /studies) an archive may push studies to. 0: off.", 0)
+    receive_host: str = _doc("Address of that endpoint; 127.0.0.1 for this machine only.", "127.0.0.1")
+    receive_user: str = _doc("The account a pushing archive must present (basic auth; required with the endpoint).",
+                             "")
+    receive_password: str = _doc("Its password; prefer UNIRG_DICOMWEB_RECEIVE_PASSWORD to the file.", "")
+
+    def __post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+        if not 0 <= self.receive_port < 65536:
+            raise ConfigError(f"dicomweb.receive_port: {self.receive_port} out of range (0-65535; 0: off)")
+        if self.receive_port and not (self.receive_user and self.receive_password):
+            raise ConfigError("dicomweb.receive_port needs dicomweb.receive_user and receive_password "
+                              "(set UNIRG_DICOMWEB_RECEIVE_PASSWORD): no anonymous pushes")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"dicomweb.url: {self.url!r}; expected http(s)://host[:port]/path")
+        if self.user and not self.password:
+            raise ConfigError(f"dicomweb.user {self.user!r} needs dicomweb.password (set UNIRG_DICOMWEB_PASSWORD)")
+        if self.since and not (len(self.since) == 8 and self.since.isdigit()):
+            raise ConfigError(f"dicomweb.since: {self.since!r}; expected YYYYMMDD")
+        for key in ("poll_s", "stable_age_s", "timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"dicomweb.{key} must be positive")
+        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+            raise ConfigError(f"dicomweb.ca_bundle: {self.ca_bundle!r} is not a file")
+
+
 _SECTIONS: dict[str, type] = {
     "listener": ListenerConfig,
     "tls": TLSConfig,
@@ -439,7 +522,9 @@ _SECTIONS: dict[str, type] = {
     "worker": WorkerConfig,
     "model": ModelConfig,
     "logging": LoggingConfig,
+    "viewer": ViewerConfig,
     "orthanc": OrthancConfig,
+    "dicomweb": DicomWebConfig,
 }
 
 
@@ -456,7 +541,9 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
     orthanc: OrthancConfig = field(default_factory=OrthancConfig)
+    dicomweb: DicomWebConfig = field(default_factory=DicomWebConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -3,7 +3,7 @@
 1. the model: ``--model`` or the default demo model (``var/models/unirg-demo``; built with
    ``scripts/build-demo-model.sh`` when missing and the script exists, otherwise a clear error);
 2. a fresh demo data dir (``var/demo``; only a folder the demo made itself is ever wiped);
-3. a small synthetic testbed (``unirg.trainer.synth.generate_testbed``), and one patient who has a
+3. a small synthetic testbed (``unirg-trainer synth``, run as a child process), and one patient who has a
    prior study with a signed report and a newer study;
 4. Orthanc + unirg plugin + DICOMweb (HTTP authentication on, random password), the worker, and the
    OHIF viewer (``unirg viewer``'s server), all on loopback;
@@ -17,6 +17,7 @@ RESEARCH ONLY - NOT FOR CLINICAL USE: the draft is unverified AI output.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -34,19 +35,21 @@ import click
 from pydicom import dcmread
 
 from unirg.plugin.config import Config, ConfigError, apply_overrides, load_config
-from unirg.plugin.orthanc_cli import OrthancStack
-from unirg.plugin.orthanc_events import mark_retrieved_prior
-from unirg.plugin.orthanc_server import OrthancStartError
+from unirg.plugin.home import BUILD_MODEL_SCRIPT_NAME, unirg_home
+from unirg.plugin.orthanc.adapter import OrthancStack
+from unirg.plugin.orthanc.recorder import mark_retrieved_prior
+from unirg.plugin.orthanc.server import OrthancStartError
 from unirg.sr_writer import RESEARCH_LABEL
 
 __all__ = ["demo", "run_demo", "pick_patient", "DemoError"]
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO_ROOT / "var" / "models" / "unirg-demo"
-BUILD_MODEL_SCRIPT = REPO_ROOT / "scripts" / "build-demo-model.sh"
-DEFAULT_DATA_DIR = REPO_ROOT / "var" / "demo"
+HOME = unirg_home()  # $UNIRG_HOME, or the checkout's var/ (plugin/home.py)
+DEFAULT_MODEL = HOME / "models" / "unirg-demo"
+#: Builds the demo model; only a checkout has it (next to its var/).
+BUILD_MODEL_SCRIPT = HOME.parent / "scripts" / BUILD_MODEL_SCRIPT_NAME
+DEFAULT_DATA_DIR = HOME / "demo"
 MARKER = ".unirg-demo"
 USER = "unirg-demo"
 SENDER_AET = "UNIRG_DEMO"
@@ -84,8 +87,8 @@ def resolve_model(model: str | None, echo: Any = click.echo) -> Path:
     if not BUILD_MODEL_SCRIPT.exists():
         raise DemoError(f"the demo model {path} is missing and {BUILD_MODEL_SCRIPT.name} is not in this checkout; "
                         "pass --model PATH (a checkpoint folder)")
-    echo(f"demo: building the demo model with {BUILD_MODEL_SCRIPT.relative_to(REPO_ROOT)} (first run only) ...")
-    proc = subprocess.run(["bash", str(BUILD_MODEL_SCRIPT)], cwd=str(REPO_ROOT))
+    echo(f"demo: building the demo model with {BUILD_MODEL_SCRIPT} (first run only) ...")
+    proc = subprocess.run(["bash", str(BUILD_MODEL_SCRIPT)], cwd=str(BUILD_MODEL_SCRIPT.parents[1]))
     if proc.returncode != 0 or not path.exists():
         raise DemoError(f"{BUILD_MODEL_SCRIPT.name} failed (status {proc.returncode}); the demo model {path} is missing")
     return path.resolve()
@@ -146,7 +149,7 @@ def c_store(files: list[Path], port: int, called: str, calling: str = SENDER_AET
 
 
 def demo_config(data_dir: Path, model: Path | None, http_port: int, dicom_port: int, pipeline: str | None,
-                password: str) -> Config:
+                password: str, viewer_port: int = 0) -> Config:
     overrides: dict[str, Any] = {
         "listener.data_dir": str(data_dir), "orthanc.http_port": http_port, "orthanc.dicom_port": dicom_port,
         "orthanc.aet": "UNIRG", "orthanc.user": USER, "orthanc.password": password, "orthanc.stable_age_s": 3,
@@ -159,6 +162,8 @@ def demo_config(data_dir: Path, model: Path | None, http_port: int, dicom_port: 
         overrides["model.path"] = str(model)
     if pipeline:
         overrides["worker.pipeline"] = pipeline
+    if viewer_port:  # the worker's log and the draft route carry the OHIF link
+        overrides["viewer.url"] = f"http://127.0.0.1:{viewer_port}"
     return apply_overrides(load_config(None, env={}), overrides)
 
 
@@ -186,12 +191,23 @@ def _wait_for_draft(stack: OrthancStack, study_uid: str, timeout: float, echo: A
     raise DemoError(f"no draft within {timeout:g} s (see {stack.config.data_dir}/orthanc/orthanc.log)")
 
 
+def generate_testbed(out: Path, *, patients: int, seed: int, size: int) -> list[dict]:
+    """The synthetic testbed, made by ``unirg-trainer synth`` in a child process (the plugin never
+    imports the trainer); returns its manifest records."""
+    cmd = [sys.executable, "-c", "from unirg.trainer.cli import main; main()", "synth", "--out", str(out),
+           "--patients", str(patients), "--seed", str(seed), "--size", str(size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DemoError(f"unirg-trainer synth failed (exit {proc.returncode}): {proc.stderr.strip()[-1000:]}")
+    with open(out / "manifest.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def run_demo(*, data_dir: Path, model: str | None, http_port: int, dicom_port: int, viewer_port: int,
              patients: int, seed: int, size: int, exit_after_draft: bool, timeout: float,
              pipeline: str | None = None, echo: Any = click.echo) -> dict:
     """The demo (see the module docstring); returns what it printed as a dict (for tests)."""
     from unirg.plugin.viewer import OrthancUpstream, ViewerServer, ViewerSetupError, check_ohif_dist, draft_viewer_url
-    from unirg.trainer.synth import generate_testbed
 
     t0 = time.monotonic()
     try:
@@ -207,7 +223,8 @@ def run_demo(*, data_dir: Path, model: str | None, http_port: int, dicom_port: i
     prior, current = pick_patient(records)
 
     password = secrets.token_urlsafe(12)
-    cfg = demo_config(data, model_path, _port(http_port), _port(dicom_port), pipeline, password)
+    viewer_port = _port(viewer_port)
+    cfg = demo_config(data, model_path, _port(http_port), _port(dicom_port), pipeline, password, viewer_port)
     echo(f"demo: starting Orthanc + unirg plugin + worker (model {model_path or pipeline}) ...")
     stack = OrthancStack(cfg, workers=1, worker_nice=0)  # nothing else ingests here: no need to yield
     try:
@@ -225,7 +242,7 @@ def run_demo(*, data_dir: Path, model: str | None, http_port: int, dicom_port: i
             signal.signal(s, _stop)
     try:
         try:
-            viewer = ViewerServer(("127.0.0.1", _port(viewer_port)),
+            viewer = ViewerServer(("127.0.0.1", viewer_port),
                                   upstream=OrthancUpstream(stack.url, USER, password)).serve_in_thread()
         except (ViewerSetupError, OSError) as exc:
             raise DemoError(f"viewer: {exc}") from exc
@@ -233,7 +250,7 @@ def run_demo(*, data_dir: Path, model: str | None, http_port: int, dicom_port: i
              f"DICOM UNIRG@127.0.0.1:{cfg.orthanc.dicom_port}; OHIF {viewer.url}")
 
         client = stack.client()
-        mark_retrieved_prior(stack.services.queue.engine, prior["study_uid"], current["study_uid"])
+        mark_retrieved_prior(stack.services.ledger.engine, prior["study_uid"], current["study_uid"])
         for rel in [img["path"] for img in prior["images"]] + [prior["report_sr"]]:
             client.post_json("/instances", (testbed / rel).read_bytes(), headers={"Content-Type": "application/dicom"})
         echo(f"demo: loaded patient {prior['patient_id']}'s prior study of {prior['study_date']} "

@@ -27,220 +27,20 @@ its lease expires) and then Orthanc.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import os
-import secrets
-import signal
-import sysconfig
-import threading
 from pathlib import Path
-from typing import Any
 
 import click
 
 from unirg.plugin.config import Config, ConfigError
-from unirg.plugin.listen_cli import Services, _config_from, load_pipeline, open_services, setup_logging
-from unirg.plugin.orthanc_events import create_schema
-from unirg.plugin.orthanc_server import OrthancServer, OrthancStartError, build_orthanc_config
-from unirg.plugin.orthanc_source import OrthancClient, make_orthanc_worker
-from unirg.plugin.worker import ProcessStudy, Worker, default_worker_id
+from unirg.plugin.orthanc.adapter import OrthancStack
+from unirg.plugin.orthanc.launch import DEFAULT_USER, orthanc_config_for, with_credentials
+from unirg.plugin.orthanc.server import OrthancStartError
+from unirg.plugin.service import config_from, setup_logging
 from unirg.sr_writer import RESEARCH_LABEL
 
-__all__ = ["orthanc", "OrthancStack", "orthanc_config_for", "plugin_settings", "with_credentials", "PLUGIN_SCRIPT",
-           "DEFAULT_USER"]
-
-log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The HTTP user when ``[orthanc] user`` is empty.
-DEFAULT_USER = "unirg"
-#: The entry script Orthanc runs (in this checkout's orthanc/ folder).
-PLUGIN_SCRIPT = REPO_ROOT / "orthanc" / "unirg_plugin.py"
-
-
-def site_packages() -> list[str]:
-    """This interpreter's (the venv's) site-packages folders, for the plugin's sys.path."""
-    out: list[str] = []
-    for key in ("purelib", "platlib"):
-        path = sysconfig.get_path(key)
-        if path and path not in out:
-            out.append(path)
-    return out
-
-
-def plugin_settings(config: Config) -> dict[str, Any]:
-    """The ``"Unirg"`` section of Orthanc's configuration: the effective settings, paths absolute,
-    without the Orthanc password (the plugin calls Orthanc in-process and needs none)."""
-    settings = {f.name: dataclasses.asdict(getattr(config, f.name)) for f in dataclasses.fields(config)}
-    settings["listener"]["data_dir"] = str(config.data_dir)
-    settings["queue"]["url"] = config.queue_url
-    settings["store"]["local_dir"] = str(config.sr_dir)
-    settings["orthanc"]["password"] = ""
-    settings["orthanc"]["user"] = ""
-    return {"Settings": settings, "SitePackages": site_packages()}
-
-
-def with_credentials(config: Config) -> tuple[Config, bool]:
-    """``config`` with an Orthanc HTTP account, and whether its password was generated here.
-
-    ``[orthanc] user`` / ``password`` as given; a password without a user gets :data:`DEFAULT_USER`;
-    neither: :data:`DEFAULT_USER` with ``secrets.token_urlsafe(24)``.
-    """
-    o = config.orthanc
-    if o.user and o.password:
-        return config, False
-    generated = not o.password
-    orthanc = dataclasses.replace(o, user=o.user or DEFAULT_USER,
-                                  password=o.password or secrets.token_urlsafe(24))
-    return dataclasses.replace(config, orthanc=orthanc), generated
-
-
-def orthanc_env() -> dict[str, str]:
-    """Orthanc's environment: ours, plus ``TCP_NODELAY=1``. Debian's DCMTK (Orthanc's DICOM stack)
-    leaves Nagle's algorithm on unless that variable says otherwise, and on loopback every C-STORE then
-    waits ~40 ms for a delayed ACK (22 instances/s instead of thousands; bench/bench_ingest.py)."""
-    return {**os.environ, "TCP_NODELAY": os.environ.get("TCP_NODELAY", "1")}
-
-
-def orthanc_dir(config: Config) -> Path:
-    return config.data_dir / "orthanc"
-
-
-def orthanc_config_for(config: Config, *, plugin: bool = True, verbose: bool = False) -> dict[str, Any]:
-    """Orthanc's configuration for ``config`` (with unirg's plugin unless ``plugin=False``)."""
-    o = config.orthanc
-    return build_orthanc_config(
-        data_dir=orthanc_dir(config),
-        http_port=o.http_port,
-        dicom_port=o.dicom_port,
-        aet=o.aet,
-        name="unirg",
-        python_script=PLUGIN_SCRIPT if plugin else None,
-        stable_age=o.stable_age_s,
-        users={o.user: o.password} if o.user else None,
-        modalities={name: [p.ae_title, p.host, p.port] for name, p in o.modality_peers.items()},
-        accept_unknown_scu=o.accept_unknown_scu,
-        check_modality_host=o.check_modality_host,
-        python_verbose=verbose,
-        extra={"Unirg": plugin_settings(config)} if plugin else None,
-    )
-
-
-class OrthancStack:
-    """Orthanc (with the plugin) and/or worker threads in this process; ``start()`` / ``stop()``.
-
-    Parameters
-    ----------
-    config : Config
-    run_orthanc : bool
-        Start Orthanc here (False: workers for the Orthanc at ``config.orthanc.base_url``).
-    workers : int
-        Worker threads (0: none).
-    process_study : ProcessStudy | None
-        The pipeline; default ``load_pipeline(config)`` (``[worker] pipeline``, ``[model] path``).
-    plugin : bool
-        Load unirg's plugin into Orthanc (False only for benchmarks: Orthanc as it is).
-    worker_nice : int
-        OS niceness of the worker threads (and of the threads they start, e.g. a model's): with
-        Orthanc on the same machine, a CPU-hungry model then yields the CPUs to Orthanc's ingestion
-        instead of slowing it. 0: same priority as Orthanc.
-
-    With ``run_orthanc``, Orthanc's HTTP authentication is on (:func:`with_credentials`): ``config``
-    then carries the account, and ``generated_password`` is the password made here (else None).
-    """
-
-    def __init__(self, config: Config, *, run_orthanc: bool = True, workers: int = 1,
-                 process_study: ProcessStudy | None = None, plugin: bool = True, worker_nice: int = 10) -> None:
-        self.generated_password: str | None = None
-        if run_orthanc:
-            config, generated = with_credentials(config)
-            self.generated_password = config.orthanc.password if generated else None
-        self.config = config
-        self.stop_event = threading.Event()
-        self.server: OrthancServer | None = None
-        if run_orthanc:
-            self.server = OrthancServer(orthanc_config_for(config, plugin=plugin), work_dir=orthanc_dir(config),
-                                        env=orthanc_env())
-        self.services: Services | None = None
-        self.workers: list[Worker] = []
-        self.threads: list[threading.Thread] = []
-        self._n_workers = workers
-        self._process_study = process_study
-        self.worker_nice = worker_nice
-
-    @property
-    def url(self) -> str:
-        return self.config.orthanc.base_url
-
-    @property
-    def auth(self) -> tuple[str, str] | None:
-        return self.config.orthanc.auth
-
-    def client(self) -> OrthancClient:
-        return OrthancClient(self.url, self.auth, self.config.orthanc.timeout_s)
-
-    def start(self) -> "OrthancStack":
-        process_study = None
-        if self._n_workers:  # load the pipeline (and model) first: fail before starting anything
-            process_study = self._process_study or load_pipeline(self.config)
-        self.services = open_services(self.config)
-        create_schema(self.services.queue.engine)
-        if self.server is not None:
-            self.server.start(timeout=120)
-        base = self.config.worker.worker_id or default_worker_id()
-        for i in range(self._n_workers):
-            assert process_study is not None
-            w = make_orthanc_worker(self.config, process_study, self.services.queue, self.services.ledger,
-                                    worker_id=base if self._n_workers == 1 else f"{base}:{i}")
-            self.workers.append(w)
-            t = threading.Thread(target=self._run_worker, args=(w,), name=f"unirg-{w.worker_id}", daemon=True)
-            t.start()
-            self.threads.append(t)
-        return self
-
-    def _run_worker(self, worker: Worker) -> None:
-        if self.worker_nice:
-            try:  # Linux: per thread, inherited by the threads this one starts
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.worker_nice)
-            except (OSError, AttributeError) as exc:
-                log.warning("event=worker_nice_failed nice=%d error=%r", self.worker_nice, str(exc))
-        worker.run_forever(self.stop_event)
-
-    def stop(self, worker_grace_s: float = 10.0) -> None:
-        """Stop the workers (a job still running after ``worker_grace_s`` is abandoned: its lease
-        expires and it is claimed again later), then Orthanc."""
-        self.stop_event.set()
-        for w in self.workers:
-            w.wakeup.set()
-        for t in self.threads:
-            t.join(timeout=worker_grace_s)
-            if t.is_alive():
-                log.warning("event=worker_abandoned thread=%s note='job resumes after its lease expires'", t.name)
-        if self.server is not None:
-            self.server.stop()
-        if self.services is not None:
-            self.services.close()
-
-    def __enter__(self) -> "OrthancStack":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def wait_until_signalled(self) -> None:
-        """Block until SIGINT / SIGTERM (or Orthanc exits on its own)."""
-        def _signal(signum: int, _frame: Any) -> None:
-            log.info("event=signal signum=%d note='stopping'", signum)
-            self.stop_event.set()
-
-        signal.signal(signal.SIGTERM, _signal)
-        signal.signal(signal.SIGINT, _signal)
-        while not self.stop_event.wait(1.0):
-            if self.server is not None and not self.server.is_running():
-                log.error("event=orthanc_exited log=%s", self.server.log_path)
-                break
+__all__ = ["orthanc"]
 
 
 @click.command("orthanc")
@@ -288,7 +88,7 @@ def orthanc(config_path: str | None, http_port: int | None, dicom_port: int | No
     """
     if no_worker and worker_only:
         raise click.UsageError("--no-worker and --worker-only exclude each other")
-    cfg = _config_from(config_path, {
+    cfg = config_from(config_path, {
         "orthanc.http_port": http_port, "orthanc.dicom_port": dicom_port, "orthanc.aet": aet,
         "listener.data_dir": data_dir, "model.path": model, "model.demo_model": demo_model, "queue.url": queue_url,
         "model.trust_remote_code": trust_remote_code, "orthanc.user": user,

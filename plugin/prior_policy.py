@@ -1,7 +1,7 @@
 """The one prior policy: which earlier studies are priors, and which SR is a prior's report.
 
 Pure functions (no network, no disk), used by every prior source (DIMSE Q/R in
-:mod:`unirg.plugin.priors`, Orthanc in :mod:`unirg.plugin.orthanc_source`) and by the pipeline.
+:mod:`unirg.plugin.priors.dimse`, Orthanc in :mod:`unirg.plugin.priors.orthanc`) and by the pipeline.
 
 * :func:`is_human_report` - only a human-authored report SR may be a prior's report. Rejected: unirg's
   own drafts, any SR with a DEVICE observer (TID 1002 observer type, AuthorObserverSequence,

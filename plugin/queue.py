@@ -59,7 +59,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-__all__ = ["Job", "JobQueue", "QueueCounts", "make_engine", "db_now", "JOB_STATES"]
+__all__ = ["Job", "JobQueue", "QueueCounts", "make_engine", "db_now", "insert_ignore", "JOB_STATES"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,15 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(parsed, pool_pre_ping=True)
+
+
+def insert_ignore(conn: Connection, table: Table) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for SQLite and PostgreSQL (for tables on the queue's database)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing()
 
 
 def db_now(conn: Connection) -> float:
@@ -199,6 +208,17 @@ class JobQueue:
     def create_schema(self) -> None:
         """Create the table if missing (safe to call from every process at start)."""
         metadata.create_all(self.engine, checkfirst=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction on the queue's database, for calls that must commit together
+        (e.g. ``complete(job, conn=c)`` and ``StudyLedger.mark(..., conn=c)``)."""
+        with self.engine.begin() as c:
+            yield c
+
+    def close(self) -> None:
+        """Release the database connections (the engine is shared with the ledger)."""
+        self.engine.dispose()
 
     @contextmanager
     def _tx(self, conn: Connection | None = None) -> Iterator[Connection]:
@@ -404,6 +424,18 @@ class JobQueue:
         q = select(jobs.c.id).where(jobs.c.study_uid == study_uid).order_by(jobs.c.revision, jobs.c.id)
         if revision is not None:
             q = q.where(jobs.c.revision == revision)
+        with self.engine.connect() as c:
+            ids = [r.id for r in c.execute(q)]
+        return [j for j in (self.get(i) for i in ids) if j is not None]
+
+    def list_jobs(self, *, state: str | None = None, study_uid: str | None = None,
+                  limit: int = 50) -> list[dict[str, Any]]:
+        """Jobs, newest first, optionally of one state and/or one study."""
+        q = select(jobs.c.id).order_by(jobs.c.id.desc()).limit(limit)
+        if state:
+            q = q.where(jobs.c.state == state)
+        if study_uid:
+            q = q.where(jobs.c.study_uid == study_uid)
         with self.engine.connect() as c:
             ids = [r.id for r in c.execute(q)]
         return [j for j in (self.get(i) for i in ids) if j is not None]

@@ -1,4 +1,4 @@
-"""Write-back of draft SRs: a local copy first, then C-STORE to allow-listed destinations only.
+"""Write-back of draft SRs: a local copy first, then C-STORE (or STOW-RS) to allow-listed destinations only.
 
 Every path out (``store``, ``keep_local``, ``send``) first checks the SR's research labels
 (:func:`unirg.sr_writer.check_research_labels`): an SR lacking any is refused with
@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -88,9 +89,14 @@ class SRStore:
         Used when ``config.calling_ae_title`` is empty.
     """
 
-    def __init__(self, config: StoreConfig, local_dir: Path, calling_ae_title: str = "UNIRG") -> None:
+    def __init__(self, config: StoreConfig, local_dir: Path, calling_ae_title: str = "UNIRG",
+                 dicomweb: Any = None) -> None:
         self.config = config
         self.destinations: list[Peer] = config.peers
+        #: ``dicomweb+http(s)://`` destinations (STOW-RS) with the credentials of ``dicomweb`` ([dicomweb]).
+        self.dicomweb_destinations: list[str] = config.dicomweb_destinations
+        self.dicomweb = dicomweb
+        self._stow_clients: dict[str, Any] = {}
         self.local_dir = Path(local_dir)
         self.calling_ae_title = config.calling_ae_title or calling_ae_title
 
@@ -133,15 +139,31 @@ class SRStore:
             raise StoreFailed(f"destination {destination} refused the SR: status 0x{code:04X} {comment}".rstrip())
         return code
 
-    def store(self, sr: Dataset, destinations: Sequence[Peer] | None = None) -> StoreOutcome:
+    def stow(self, sr: Dataset, destination: str) -> str:
+        """STOW-RS ``sr`` to an allow-listed ``dicomweb+http(s)://`` destination; raise :class:`StoreFailed`."""
+        from unirg.plugin.config import load_config
+        from unirg.plugin.dicomweb.client import client_from_config
+        from unirg.plugin.dicomweb.store import stow
+
+        if destination not in self.dicomweb_destinations:
+            raise DestinationNotAllowed(f"{destination} is not in [store] destinations")
+        client = self._stow_clients.get(destination)
+        if client is None:
+            cfg = self.dicomweb or load_config().dicomweb  # none given: [dicomweb] from UNIRG_DICOMWEB_*
+            client = client_from_config(cfg, destination.split("+", 1)[1])
+            self._stow_clients[destination] = client
+        return stow(client, sr)
+
+    def store(self, sr: Dataset, destinations: Sequence[Peer | str] | None = None) -> StoreOutcome:
         """Keep the local copy, then send to every destination (all of them by default).
 
         Raises :class:`StoreFailed` after trying every destination if any failed, and
         :class:`ResearchLabelMissing` (nothing written or sent) when the SR lacks a research label, and
         :class:`DestinationNotAllowed` (nothing written or sent) when a destination is not allow-listed.
         """
-        targets = list(self.destinations if destinations is None else destinations)
-        refused = [str(d) for d in targets if d not in self.destinations]
+        allowed: list[Peer | str] = [*self.destinations, *self.dicomweb_destinations]
+        targets = list(allowed if destinations is None else destinations)
+        refused = [str(d) for d in targets if d not in allowed]
         if refused:
             raise DestinationNotAllowed(f"{', '.join(refused)} not in [store] destinations "
                                         f"({', '.join(map(str, self.destinations)) or 'empty'}); nothing sent")
@@ -150,15 +172,15 @@ class SRStore:
         errors = []
         for dest in targets:
             try:
-                code = self.send(path, dest)
+                code = self.stow(sr, dest) if isinstance(dest, str) else self.send(path, dest)
             except StoreFailed as exc:
                 errors.append(str(exc))
                 log.warning("event=sr_store_failed sr=%s study=%s destination=%s reason=%r",
                             sr.SOPInstanceUID, sr.StudyInstanceUID, dest, str(exc))
                 continue
             outcome.delivered.append(str(dest))
-            log.info("event=sr_stored sr=%s study=%s destination=%s status=0x%04X",
-                     sr.SOPInstanceUID, sr.StudyInstanceUID, dest, code)
+            log.info("event=sr_stored sr=%s study=%s destination=%s status=%s",
+                     sr.SOPInstanceUID, sr.StudyInstanceUID, dest, code if isinstance(code, str) else f"0x{code:04X}")
         if errors:
             raise StoreFailed("; ".join(errors))
         return outcome

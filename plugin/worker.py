@@ -38,7 +38,7 @@ from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence as DicomSequence
 
 from unirg.plugin.assemble import StudyLedger
-from unirg.plugin.priors import PriorsFetcher, PriorsResult
+from unirg.plugin.priors.core import PriorSource, PriorsResult
 from unirg.plugin.queue import Job, JobQueue
 from unirg.plugin.store import SRStore, StoreFailed
 from unirg.plugin.paths import UnsafePath
@@ -125,10 +125,10 @@ class Worker:
         The pipeline.
     store : SRStore
         Local copy + write-back (anything with ``store(sr) -> StoreOutcome`` raising ``StoreFailed``,
-        e.g. ``unirg.plugin.orthanc_source.OrthancSRStore``).
+        e.g. ``unirg.plugin.orthanc.source.OrthancSRStore``).
     data_dir : Path
         The listener's data dir as mounted here; the ledger's instance paths are relative to it.
-    priors : PriorsFetcher | None
+    priors : PriorSource | None
         ``None``: no priors (each result says so). Anything with ``fetch(current) -> PriorsResult``.
     source : InstanceSource | None
         Where images are read from; ``None``: files under ``data_dir`` (:class:`DataDirSource`).
@@ -138,6 +138,9 @@ class Worker:
         Sleep when the queue is empty.
     max_job_s : float
         Stop renewing the lease of a job running longer than this (see ``[worker] max_job_s``).
+    viewer_link : callable, optional
+        ``(study_uid, sr_series_uid) -> URL`` of the draft in the viewer (``[viewer] url``), logged with
+        ``event=sr_written`` (without the prior: which one the draft compared with is in the SR).
     """
 
     def __init__(
@@ -147,12 +150,13 @@ class Worker:
         process_study: ProcessStudy,
         store: SRStore,
         data_dir: str | Path,
-        priors: PriorsFetcher | None = None,
+        priors: PriorSource | None = None,
         *,
         source: InstanceSource | None = None,
         worker_id: str | None = None,
         poll_interval_s: float = 0.5,
         max_job_s: float = 3600.0,
+        viewer_link: Callable[[str, str], str | None] | None = None,
     ) -> None:
         self.queue = queue
         self.ledger = ledger
@@ -164,6 +168,7 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self.poll_interval_s = poll_interval_s
         self.max_job_s = max_job_s
+        self.viewer_link = viewer_link
         #: Set it to end an idle wait at once (the in-process assembler does when it enqueues a job).
         self.wakeup = threading.Event()
 
@@ -304,10 +309,11 @@ class Worker:
             "pipeline_s": round(model_s, 3),
             "total_s": round(time.monotonic() - t0, 3),
         }
-        with self.queue.engine.begin() as c:
+        with self.queue.transaction() as c:
             if self.queue.complete(job, result, conn=c):
                 self.ledger.mark(job.study_uid, job.revision, "done", conn=c)
-        log.info("event=sr_written job=%d study=%s revision=%d sr=%s priors=%d priors_reason=%r delivered=%s",
+        link = self.viewer_link(job.study_uid, str(sr.SeriesInstanceUID)) if self.viewer_link else None
+        log.info("event=sr_written job=%d study=%s revision=%d sr=%s priors=%d priors_reason=%r delivered=%s%s",
                  job.id, job.study_uid, job.revision, sr.SOPInstanceUID, len(priors), priors.reason,
-                 ",".join(outcome.delivered) or "-")
+                 ",".join(outcome.delivered) or "-", f" viewer={link}" if link else "")
         return result

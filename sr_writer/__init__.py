@@ -31,3 +31,8 @@ __all__ = [
     "read_report",
     "write_dataset_atomic",
 ]
+
+import logging  # noqa: E402
+
+# A library: log records go nowhere until the application (our CLIs) configures logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())

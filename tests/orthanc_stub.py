@@ -19,7 +19,7 @@ from typing import Any
 
 from pydicom import Dataset
 
-from unirg.plugin.orthanc_events import RestError
+from unirg.plugin.orthanc.rest import RestError
 
 
 def orthanc_id(*parts: str) -> str:

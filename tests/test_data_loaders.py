@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from unirg.trainer import synth
 from unirg.trainer.data import (
     ImageRef,
     Sample,
@@ -51,11 +50,7 @@ def _by_id(samples: list[Sample]) -> dict[str, Sample]:
 # -- synthetic testbed -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("testbed")
-    records = synth.generate_testbed(out, patients=3, seed=3, size=128)
-    return out, records
+pytestmark = pytest.mark.testbed(patients=3, seed=3)  # the shared `testbed` fixture (conftest.py)
 
 
 def test_testbed_loader_follows_the_manifest(testbed):

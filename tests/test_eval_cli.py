@@ -10,14 +10,9 @@ from click.testing import CliRunner
 
 from unirg.trainer.data import load_dataset, split_of
 from unirg.trainer.eval_cli import eval_command
-from unirg.trainer.synth import generate_testbed
 
 
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("testbed")
-    generate_testbed(root, patients=5, seed=11, size=128)
-    return root
+pytestmark = pytest.mark.testbed(patients=5, seed=11)  # the shared `testbed` fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +22,7 @@ def predictions(testbed, tmp_path_factory) -> tuple[Path, Path]:
     good, poor = out / "sft_rl.jsonl", out / "sft.jsonl"
     normal = {"findings": "The lungs are clear. No pleural effusion or pneumothorax.", "impression": "Normal chest."}
     with open(good, "w") as g, open(poor, "w") as p:
-        for s in load_dataset(testbed):
+        for s in load_dataset(testbed.root):
             same = {"findings": s.findings, "impression": s.impression}
             g.write(json.dumps({"sample_id": s.sample_id, **(normal if s.institution == "C" else same)}) + "\n")
             p.write(json.dumps({"sample_id": s.sample_id, **normal}) + "\n")
@@ -42,11 +37,11 @@ def _run(*args: str):
 def test_eval_writes_the_table_json_and_figure(testbed, predictions, tmp_path):
     good, _ = predictions
     out = tmp_path / "eval"
-    r = _run("--data", str(testbed), "--predictions", str(good), "--out", str(out), "--n-boot", "100")
+    r = _run("--data", str(testbed.root), "--predictions", str(good), "--out", str(out), "--n-boot", "100")
     assert r.exit_code == 0, r.output
     assert {p.name for p in out.iterdir()} >= {"eval.json", "eval.md", "eval.png"}
     data = json.loads((out / "eval.json").read_text())
-    samples = load_dataset(testbed)
+    samples = load_dataset(testbed.root)
     assert data["overall"]["n"] == len(samples) and data["name"] == "sft_rl"
     assert set(data["groups"]) == {"institution", "sex", "age_band", "prior"}
     assert set(data["groups"]["institution"]) == {s.institution for s in samples}
@@ -60,13 +55,13 @@ def test_eval_writes_the_table_json_and_figure(testbed, predictions, tmp_path):
     assert cell["ci_low"] <= cell["value"] <= cell["ci_high"]
     assert "| **overall** |" in r.output and (out / "eval.png").read_bytes()[:4] == b"\x89PNG"
     # the same seed gives the same numbers
-    _run("--data", str(testbed), "--predictions", str(good), "--out", str(tmp_path / "again"), "--n-boot", "100")
+    _run("--data", str(testbed.root), "--predictions", str(good), "--out", str(tmp_path / "again"), "--n-boot", "100")
     assert json.loads((tmp_path / "again" / "eval.json").read_text())["overall"] == data["overall"]
 
 
 def test_eval_held_out_institution_and_compare(testbed, predictions, tmp_path):
     good, poor = predictions
-    common = ("--data", str(testbed), "--n-boot", "100", "--semantic", "none", "--group", "institution")
+    common = ("--data", str(testbed.root), "--n-boot", "100", "--semantic", "none", "--group", "institution")
     assert _run(*common, "--predictions", str(poor), "--name", "SFT", "--out", str(tmp_path / "sft")).exit_code == 0
     r = _run(*common, "--predictions", str(good), "--name", "SFT+RL", "--out", str(tmp_path / "rl"),
              "--compare", f"SFT={tmp_path / 'sft' / 'eval.json'}")
@@ -93,9 +88,9 @@ def test_eval_held_out_institution_and_compare(testbed, predictions, tmp_path):
 
 def test_eval_patient_split_and_errors(testbed, predictions, tmp_path):
     good, _ = predictions
-    r = _run("--data", str(testbed), "--predictions", str(good), "--semantic", "none", "--n-boot", "20",
+    r = _run("--data", str(testbed.root), "--predictions", str(good), "--semantic", "none", "--n-boot", "20",
              "--patient-split", "test", "--split-fractions", "train=0.5,test=0.5", "--out", str(tmp_path / "t"))
-    test_patients = {s.patient_id for s in load_dataset(testbed)
+    test_patients = {s.patient_id for s in load_dataset(testbed.root)
                      if split_of(s.patient_id, seed=0, fractions={"train": 0.5, "test": 0.5}) == "test"}
     if test_patients:
         assert r.exit_code == 0, r.output
@@ -108,27 +103,27 @@ def test_eval_patient_split_and_errors(testbed, predictions, tmp_path):
     assert r.exit_code == 2 and "--data" in r.output
     missing = tmp_path / "none.jsonl"
     missing.write_text(json.dumps({"sample_id": "nobody", "findings": "x"}) + "\n")
-    r = _run("--data", str(testbed), "--predictions", str(missing), "--semantic", "none", "--out", str(tmp_path / "x"))
+    r = _run("--data", str(testbed.root), "--predictions", str(missing), "--semantic", "none", "--out", str(tmp_path / "x"))
     assert r.exit_code == 1 and "nothing to evaluate" in r.output
 
 
 def test_eval_drafts_with_a_model(testbed, tmp_path):
     import torch
 
-    from unirg.model.tiny import build_tiny
+    from unirg.trainer.tiny_models import build_tiny
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         model = build_tiny("qwen3_vl", tmp_path / "tiny")
-        r = _run("--data", str(testbed), "--model", str(model), "--institution", "C", "--max-new-tokens", "8",
+        r = _run("--data", str(testbed.root), "--model", str(model), "--institution", "C", "--max-new-tokens", "8",
                  "--batch-size", "3", "--image-size", "64", "--semantic", "none", "--n-boot", "20",
                  "--device", "cpu", "--out", str(tmp_path / "out"))
     finally:
         torch.set_num_threads(threads)
     assert r.exit_code == 0, r.output
     preds = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
-    c_studies = [s for s in load_dataset(testbed) if s.institution == "C"]
+    c_studies = [s for s in load_dataset(testbed.root) if s.institution == "C"]
     assert sorted(p["sample_id"] for p in preds) == sorted(s.sample_id for s in c_studies)
     data = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert data["name"] == "tiny" and data["overall"]["n"] >= 1

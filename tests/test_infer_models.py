@@ -2,7 +2,7 @@
 locally, saved, loaded through ``load_model`` and drafting real generations.
 
 Nothing is mocked: every test runs the transformers model. Model sizes are shrunk in
-``unirg.model.tiny`` (hidden 64-128, 2 layers, 16-64 image tokens) so the whole
+``unirg.trainer.tiny_models`` (hidden 64-128, 2 layers, 16-64 image tokens) so the whole
 file runs in well under a minute on two CPUs.
 """
 
@@ -24,7 +24,7 @@ from unirg.model.families import RemoteCodeNotTrusted, UnsupportedModel, adapter
 from unirg.model.model import MANIFEST, WeightsMismatch, weights_sha256
 from unirg.model.parse import TRUNCATED
 from unirg.model.prompt import format_target
-from unirg.model.tiny import build_tiny
+from unirg.trainer.tiny_models import build_tiny
 
 FAMILIES = ["qwen3_vl", "qwen2_5_vl", "gemma3", "llava", "maira2"]
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None

@@ -20,7 +20,7 @@ from PIL import Image
 
 from unirg.model import GenerationConfig, StudyInput, load_model
 from unirg.model.openai_backend import OpenAIBackend, OpenAIBackendError
-from unirg.model.tiny import build_tiny
+from unirg.trainer.tiny_models import build_tiny
 
 API_KEY = "test-key"
 

@@ -6,31 +6,20 @@ Uses the manifest contract of docs/design.md.
 
 from __future__ import annotations
 
-import json
-
 import pydicom
 import pytest
 
-from unirg.trainer import synth
 from unirg.model import GenerationConfig, StudyInput, load_model
 from unirg.model.pixels import dataset_to_array
-from unirg.model.tiny import build_tiny
+from unirg.trainer.tiny_models import build_tiny
 from unirg.plugin.select import select_views
 
 
 FRONTAL, LATERAL = {"PA", "AP"}, {"LL", "LATERAL"}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("testbed")
-    synth.generate_testbed(out, patients=4, seed=0, size=128)
-    studies = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    assert studies, "the testbed wrote no studies"
-    return out, studies
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.testbed(patients=4)]  # the shared `testbed` fixture (conftest.py)
 
 
 def test_every_testbed_image_decodes(testbed):

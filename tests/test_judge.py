@@ -56,8 +56,11 @@ ZERO = dict.fromkeys(CATEGORIES, 0)
 
 
 def test_module_doctests():
-    result = doctest.testmod(judge_mod)
-    assert result.attempted >= 20 and result.failed == 0
+    import importlib
+
+    results = [doctest.testmod(importlib.import_module(f"{judge_mod.__name__}.{part}"))
+               for part in ("prompt", "parsing", "backends", "cache", "reward")]
+    assert sum(r.attempted for r in results) >= 20 and sum(r.failed for r in results) == 0
 
 
 def test_parse_lines_template_answer():

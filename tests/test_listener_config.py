@@ -100,7 +100,7 @@ def test_cli_example_config_and_status_on_empty_queue(tmp_path):
 def test_json_log_lines_carry_the_key_value_fields():
     import logging
 
-    from unirg.plugin.listen_cli import JsonLogFormatter
+    from unirg.plugin.service import JsonLogFormatter
 
     record = logging.LogRecord("unirg.plugin.worker", logging.INFO, __file__, 1,
                                "event=sr_written job=%d study=%s reason=%r", (7, "1.2.3", "PACS down"), None)

@@ -37,11 +37,9 @@ from dicom_peers import (
     write_study,
     write_toml,
 )
-import orthanc_fixture
 from conftest import require_postgres
 from unirg.trainer.synth import generate_testbed
 
-orthanc_factory = orthanc_fixture.orthanc_factory  # the fixture, for this module
 
 pytestmark = [
     pytest.mark.slow,

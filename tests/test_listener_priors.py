@@ -12,11 +12,9 @@ from pydicom import dcmread
 from pydicom.uid import JPEGLSLossless
 
 from dicom_peers import free_port, make_cxr, save, write_study
-import orthanc_fixture
 from unirg.plugin.config import PriorsConfig
-from unirg.plugin.priors import PriorsFetcher
+from unirg.plugin.priors.dimse import PriorsFetcher
 
-orthanc_factory = orthanc_fixture.orthanc_factory  # the fixture, for this module
 
 PATIENT = "PRIORS-1"
 PRIOR_FINDINGS = {"20220301": "Small left pleural effusion.", "20230615": "Mild cardiomegaly, no effusion."}
@@ -169,7 +167,7 @@ def test_skip_local_reads_a_prior_held_by_the_listener_and_still_asks_for_its_re
     """The listener received the 2023 study itself (ledger + data dir): its images are read from there,
     not retrieved again; its report SR is still retrieved from the PACS."""
     from unirg.plugin.assemble import StudyLedger, classify_instance
-    from unirg.plugin.priors import LocalPriors
+    from unirg.plugin.priors.dimse import LocalPriors
     from unirg.plugin.queue import make_engine
     from unirg.plugin.receive import InstanceSink
 

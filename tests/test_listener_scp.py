@@ -27,7 +27,7 @@ from dicom_peers import (
     wait_for,
 )
 from unirg.plugin.config import Config, apply_overrides
-from unirg.plugin.listen_cli import Service
+from unirg.plugin.service import ListenerService as Service
 from unirg.plugin.receive import InstanceSink
 
 pytestmark = [

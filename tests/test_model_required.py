@@ -16,7 +16,7 @@ import pytest
 
 from dicom_peers import free_port
 from unirg.plugin.config import ConfigError, apply_overrides, load_config
-from unirg.plugin.listen_cli import NO_MODEL_MESSAGE, require_model
+from unirg.plugin.service import NO_MODEL_MESSAGE, require_model
 
 PYTHON = sys.executable
 STUB = "dicom_peers:make_stub_pipeline"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from unirg.plugin.config import apply_overrides, load_config
 from unirg.plugin.draft_cli import draft
 from unirg.model.model import MANIFEST
-from unirg.model.tiny import build_tiny
+from unirg.trainer.tiny_models import build_tiny
 from unirg.plugin.pipeline import model_source
 from unirg.trainer import synth
 

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from unirg.plugin.config import PriorsConfig
-from unirg.plugin.priors import PriorsFetcher
+from unirg.plugin.priors.dimse import PriorsFetcher
 from dicom_peers import dcmtk_available, free_port, make_cxr, save, storescu, storescu_successes
 
 pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK storescu not installed")

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from unirg.plugin.orthanc_source import OrthancClient, OrthancError
+from unirg.plugin.orthanc.source import OrthancClient, OrthancError
 
 
 class DroppingServer(ThreadingHTTPServer):

@@ -18,19 +18,12 @@ from orthanc_stub import FakeDicomInstance, FakeOrthanc, FakeOutput, dicom_bytes
 
 from unirg.plugin.assemble import Assembler, StudyLedger
 from unirg.plugin.config import Config, apply_overrides, load_config
-from unirg.plugin.orthanc_cli import PLUGIN_SCRIPT, orthanc_config_for, plugin_settings
-from unirg.plugin.orthanc_events import (
-    ChangeRecorder,
-    OrthancPlugin,
-    RerunRefused,
-    config_from_orthanc,
-    create_schema,
-    is_own_draft,
-    orthanc_instance_id,
-    orthanc_path,
-    rerun_study,
-)
-from unirg.plugin.orthanc_routes import PATTERNS, Routes
+from unirg.plugin.orthanc.launch import PLUGIN_SCRIPT, orthanc_config_for, plugin_settings
+from unirg.plugin.orthanc.events import OrthancPlugin, config_from_orthanc
+from unirg.plugin.orthanc.recorder import ChangeRecorder, RerunRefused, create_schema, rerun_study
+from unirg.plugin.orthanc.rest import orthanc_instance_id, orthanc_path
+from unirg.plugin.orthanc.routes import PATTERNS, Routes
+from unirg.plugin.prior_policy import is_own_draft
 from unirg.plugin.queue import JobQueue, make_engine
 from unirg.sr_writer import RESEARCH_LABEL, ModelInfo, ReportSections, build_draft_sr
 
@@ -272,7 +265,7 @@ def test_deleted_and_unreadable_instances_do_not_block_the_change_log(db):
 
 
 def test_retrieved_priors_are_not_drafted(db):
-    from unirg.plugin.orthanc_events import mark_retrieved_prior
+    from unirg.plugin.orthanc.recorder import mark_retrieved_prior
 
     queue, ledger, assembler = db
     fake = FakeOrthanc()
@@ -433,7 +426,7 @@ def test_orthanc_priors_keep_exact_patient_id_matches_only(tmp_path):
     """Orthanc's /tools/find treats '*' in a PatientID as a wildcard: another patient's study must
     never become a prior."""
     from unirg.plugin.config import PriorsConfig
-    from unirg.plugin.orthanc_source import OrthancPriors
+    from unirg.plugin.priors.orthanc import OrthancPriors
 
     mine = study("P*1", views=("PA",), date="20230101")
     other = study("PX1", views=("PA",), date="20231201", seed=50)  # more recent, but someone else
@@ -447,7 +440,7 @@ def test_orthanc_priors_keep_exact_patient_id_matches_only(tmp_path):
 
 # -- credentials and C-STORE defaults of `unirg orthanc` ---------------------------------------------------
 def test_with_credentials_generates_only_when_nothing_is_given(tmp_path):
-    from unirg.plugin.orthanc_cli import DEFAULT_USER, with_credentials
+    from unirg.plugin.orthanc.launch import DEFAULT_USER, with_credentials
 
     given, generated = with_credentials(test_config(tmp_path, **{"orthanc.user": "alice", "orthanc.password": "pw"}))
     assert (given.orthanc.user, given.orthanc.password, generated) == ("alice", "pw", False)

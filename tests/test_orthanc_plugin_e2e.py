@@ -35,11 +35,10 @@ from dicom_peers import (
 )
 from pydicom import dcmread
 
-import orthanc_fixture
-from unirg.plugin.orthanc_server import ORTHANC_BINARY, OrthancServer
+from conftest import ReconnectingSession
+from unirg.plugin.orthanc.server import ORTHANC_BINARY, OrthancServer
 from unirg.sr_writer import RESEARCH_LABEL, ReportSections, build_reference_sr, read_report
 
-orthanc_factory = orthanc_fixture.orthanc_factory  # the remote-PACS fixture, for this module
 
 pytestmark = [
     pytest.mark.slow,
@@ -73,7 +72,7 @@ class OrthancRun:
         self.config = write_toml(tmp / "unirg.toml", base)
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
-        self.session = orthanc_fixture.ReconnectingSession((USER, PASSWORD))
+        self.session = ReconnectingSession((USER, PASSWORD))
 
     @property
     def url(self) -> str:
@@ -325,7 +324,7 @@ def test_studies_stored_while_the_plugin_was_down_are_caught_up_after_kill9(run,
     run.stop(first)
     # Orthanc alone (no plugin) on the same storage takes a study ...
     from unirg.plugin.config import load_config
-    from unirg.plugin.orthanc_cli import orthanc_config_for, orthanc_dir
+    from unirg.plugin.orthanc.launch import orthanc_config_for, orthanc_dir
 
     cfg = load_config(run.config, env={"UNIRG_ORTHANC_PASSWORD": PASSWORD})
     bare = OrthancServer(orthanc_config_for(cfg, plugin=False), work_dir=orthanc_dir(cfg)).start()

@@ -9,13 +9,12 @@ import datetime
 import pytest
 from pydicom import dcmread
 
-import orthanc_fixture
 from dicom_peers import make_cxr, save, write_study
 from prior_reports import human_report, other_ai_report, our_draft
 from unirg.plugin.config import PriorsConfig
-from unirg.plugin.orthanc_source import OrthancClient, OrthancPriors
+from unirg.plugin.orthanc.source import OrthancClient
+from unirg.plugin.priors.orthanc import OrthancPriors
 
-orthanc_factory = orthanc_fixture.orthanc_factory  # the fixture, for this module
 
 PATIENT = "ORTHANC-PRIORS-1"
 T0 = datetime.datetime(2023, 6, 15, 12, 0)

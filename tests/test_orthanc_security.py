@@ -33,8 +33,8 @@ from dicom_peers import (
 
 from unirg.plugin import viewer as v
 from unirg.plugin.config import apply_overrides, load_config
-from unirg.plugin.orthanc_cli import DEFAULT_USER, orthanc_config_for, orthanc_dir
-from unirg.plugin.orthanc_server import ORTHANC_BINARY, OrthancServer
+from unirg.plugin.orthanc.launch import DEFAULT_USER, orthanc_config_for, orthanc_dir
+from unirg.plugin.orthanc.server import ORTHANC_BINARY, OrthancServer
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,7 +12,7 @@ import pytest
 from dicom_peers import make_cxr, wait_for
 
 from unirg.plugin.paths import UnsafePath, path_under, safe_component, uid_path
-from unirg.plugin.orthanc_server import ORTHANC_BINARY
+from unirg.plugin.orthanc.server import ORTHANC_BINARY
 
 
 @pytest.mark.parametrize("uid", ["../x", "/abs", "1.2/../..", "..", "", "1.2.", "1..2", "1.2\\..", "1" * 65,

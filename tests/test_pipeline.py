@@ -13,7 +13,6 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from unirg.trainer import synth
 from unirg.model import GenerationConfig, load_model
 from unirg.model.study import Draft, ModelInfo
 from unirg.plugin.pipeline import (
@@ -36,13 +35,6 @@ WHEN = dt.datetime(2024, 1, 2, 3, 4, 5)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("testbed")
-    records = synth.generate_testbed(out, patients=3, seed=0, size=128)
-    return out, records
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,12 @@ import pytest
 from pydicom import dcmread
 
 from unirg.plugin.pipeline import default_model_path, make_process_study
-from unirg.plugin.priors import PriorsResult, PriorStudy
+from unirg.plugin.priors.core import PriorsResult, PriorStudy
 from unirg.sr_writer import check_research_labels, read_report, write_dataset_atomic
 from unirg.sr_writer.build import SYNTHETIC_DATA_NOTE
-from unirg.trainer.synth import generate_testbed
 
 
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tb")
-    records = generate_testbed(out, 6, seed=2, size=128)
-    return out, records
+pytestmark = pytest.mark.testbed(patients=6, seed=2)  # the shared `testbed` fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from unirg.plugin.prior_policy import (
     study_date_range,
     when,
 )
-from unirg.plugin.priors import PriorStudy
+from unirg.plugin.priors.core import PriorStudy
 from unirg.plugin.priors import choose_report as listener_choose_report
 from unirg.sr_writer import ModelInfo, read_report
 

@@ -10,7 +10,6 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 
-from unirg.trainer import synth
 from unirg.model import GenerationConfig
 from unirg.model.model import MANIFEST
 from unirg.model.reload import CURRENT, ModelWatcher, NoPublishedModel, model_weights_sha256, read_current
@@ -24,14 +23,8 @@ from conftest import train_tiny_sft
 GEN = GenerationConfig(max_new_tokens=12)
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("testbed")
-    records = synth.generate_testbed(out, patients=2, seed=0, size=128)
-    return out, records
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.testbed(patients=2)]  # the shared `testbed` fixture (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +234,7 @@ def test_tampered_version_without_a_pointer_hash_is_refused(trained, study, tmp_
 
 def test_hot_reload_passes_the_remote_code_opt_in(tmp_path):
     from unirg.model.families import RemoteCodeNotTrusted
-    from unirg.model.tiny import build_tiny
+    from unirg.trainer.tiny_models import build_tiny
 
     maira = build_tiny("maira2", tmp_path / "maira2_watch")
     with pytest.raises(RemoteCodeNotTrusted, match="--trust-remote-code"):

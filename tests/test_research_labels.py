@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset
 
-import orthanc_fixture
 from dicom_factories import make_chest_image, write_image
 from unirg.plugin.assemble import Assembler, classify_instance
 from unirg.plugin.config import apply_overrides, load_config
-from unirg.plugin.listen_cli import open_services
-from unirg.plugin.orthanc_source import OrthancClient, OrthancSRStore
+from unirg.plugin.service import open_services
+from unirg.plugin.orthanc.source import OrthancClient, OrthancSRStore
 from unirg.plugin.store import SRStore
 from unirg.plugin.worker import Worker
 from unirg.sr_writer import (
@@ -33,7 +32,6 @@ from unirg.sr_writer import (
     write_dataset_atomic,
 )
 
-orthanc_factory = orthanc_fixture.orthanc_factory  # the fixture, for this module
 
 MODEL = ModelInfo("unirg-door-test", "0.1", hashlib.sha256(b"door test weights").hexdigest())
 REPORT = ReportSections("No focal consolidation.", "No acute cardiopulmonary process.")

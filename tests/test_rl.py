@@ -11,10 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from unirg.model import GenerationConfig, load_model
-from unirg.model.tiny import build_tiny_qwen3_vl
+from unirg.trainer.tiny_models import build_tiny_qwen3_vl
 from unirg.trainer.rl import build_trainer, load_samples, study_input, train_rl
 from unirg.trainer.rl_config import load_rl_config
-from unirg.trainer.synth import generate_testbed
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +37,6 @@ def tiny(tmp_path_factory):
         vision_hidden_size=32,  # the smallest vision tower the config accepts
         image_size=64,  # 4 image tokens per image: short prompts
     )
-
-
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("testbed")
-    generate_testbed(out, patients=3, seed=0, size=128)  # a handful of studies, some with priors
-    return out
 
 
 def _config(tiny, testbed, out, **extra):
@@ -75,7 +67,7 @@ def _config(tiny, testbed, out, **extra):
 @pytest.fixture(scope="module")
 def run(tiny, testbed, tmp_path_factory):
     out = tmp_path_factory.mktemp("rl") / "run"
-    cfg = _config(tiny, testbed, out)
+    cfg = _config(tiny, testbed.root, out)
     setup = build_trainer(cfg)
     initial = {
         name.replace(".default", ""): param.detach().clone()
@@ -166,7 +158,7 @@ def test_resume_from_a_checkpoint(run, tmp_path):
 
 
 def test_rloo_with_kl(tiny, testbed, tmp_path):
-    result = train_rl(_config(tiny, testbed, tmp_path / "rloo", algorithm="rloo", beta=0.03,
+    result = train_rl(_config(tiny, testbed.root, tmp_path / "rloo", algorithm="rloo", beta=0.03,
                               max_steps=1, save_steps=10))  # one step shows the option works
     [entry] = [h for h in result.log_history if "loss" in h]
     assert "kl" in entry  # KL against the start policy (adapter disabled)
@@ -175,17 +167,17 @@ def test_rloo_with_kl(tiny, testbed, tmp_path):
 
 
 def test_training_samples_leave_out_sft_held_out_patients_and_other_institutions(tiny, testbed, tmp_path):
-    everything = load_samples(_config(tiny, testbed, tmp_path / "a", max_train_samples=None))
+    everything = load_samples(_config(tiny, testbed.root, tmp_path / "a", max_train_samples=None))
     sft = tmp_path / "sft"
     sft.mkdir()
     (sft / "config.json").write_text((Path(tiny) / "config.json").read_text())
     held = everything[0].patient_id
     (sft / "holdout.json").write_text(json.dumps({"patients": [held], "studies": []}))
-    kept = load_samples(_config(sft, testbed, tmp_path / "b", max_train_samples=None))
+    kept = load_samples(_config(sft, testbed.root, tmp_path / "b", max_train_samples=None))
     assert held not in {s.patient_id for s in kept}
     assert len(kept) == len(everything) - sum(s.patient_id == held for s in everything)
     institution = everything[0].institution
-    only = load_samples(_config(tiny, testbed, tmp_path / "c", max_train_samples=None,
+    only = load_samples(_config(tiny, testbed.root, tmp_path / "c", max_train_samples=None,
                                 train_institutions=[institution]))
     assert only and {s.institution for s in only} == {institution}
 
@@ -197,9 +189,9 @@ def test_rl_prompts_match_sft_prompts(testbed):
     from unirg.trainer.sft import StudyInputCache, testbed_examples
 
     cache = StudyInputCache(decode_size=64)
-    sft_studies = {e.study_uid: cache.study(e) for e in testbed_examples(testbed, institutions=None)}
+    sft_studies = {e.study_uid: cache.study(e) for e in testbed_examples(testbed.root, institutions=None)}
     checked = 0
-    for sample in load_testbed(testbed):
+    for sample in load_testbed(testbed.root):
         if sample.study_id not in sft_studies:
             continue
         ours, theirs = study_input(sample, size=64), sft_studies[sample.study_id]
@@ -220,7 +212,7 @@ def test_grpo_unirg_step2_with_the_smollm2_judge(tiny, testbed, tmp_path):
     judge = {"backend": "transformers", "model": str(_smollm2_dir()), "gguf_file": GGUF_NAME,
              "max_new_tokens": 48, "batch_size": 4, "cache": str(tmp_path / "judge.sqlite")}
     overrides = dict(
-        sft=str(tiny), data=str(testbed), output_dir=str(tmp_path / "step2"), judge=judge,
+        sft=str(tiny), data=str(testbed.root), output_dir=str(tmp_path / "step2"), judge=judge,
         max_train_samples=2, num_generations=4, per_device_train_batch_size=4,  # one prompt x 4 rollouts a step
         gradient_accumulation_steps=1, max_completion_length=8, max_steps=2, save_steps=10, logging_steps=1,
         learning_rate=1e-3, gradient_checkpointing=False, image_size=64, lora_r=4, lora_alpha=8,

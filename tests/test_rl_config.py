@@ -173,6 +173,17 @@ def test_fit_scaling_from_reference_pairs():
     assert by_key["radgraph"].effective_weight == pytest.approx(1.0 / by_key["radgraph"].std)
     assert by_key["chexpert_f1"].effective_weight == 1.0
 
+    # the same table as one CompositeReward: TRL's weighted sum minus the constant sum(w * mean / std)
+    from unirg.trainer.rewards import composite_from_terms, trl_reward_weights
+
+    composite = composite_from_terms(specs)
+    cands = [references[1], references[0], ""]
+    refs = [references[0], references[0], references[2]]
+    raw = [f(cands, reference=refs) for f in funcs]
+    shift = sum(s.weight * s.mean / s.std for s in specs if s.standardize)
+    trl_sum = [sum(w * r[i] for w, r in zip(trl_reward_weights(specs), raw, strict=True)) for i in range(3)]
+    assert composite.score(cands, refs) == pytest.approx([t - shift for t in trl_sum])
+
 
 def test_zero_std_monitor_warns_after_patience(caplog):
     monitor = ZeroStdMonitor(threshold=0.5, patience=3)

@@ -9,7 +9,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from unirg.trainer import synth
 from unirg.model import GenerationConfig, StudyInput, load_model
 from unirg.model.families import adapter_for
 from unirg.model.model import MANIFEST
@@ -44,13 +43,6 @@ TINY = dict(
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory):
-    out = tmp_path_factory.mktemp("testbed")
-    synth.generate_testbed(out, patients=3, seed=0, size=128)
-    return out
-
-
 def _state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
@@ -77,7 +69,7 @@ class _Snapshot:
 
 def _train(testbed, out, **overrides):
     snapshot = _Snapshot()
-    config = load_config(None, data=str(testbed), out=str(out), **{**TINY, **overrides})
+    config = load_config(None, data=str(testbed.root), out=str(out), **{**TINY, **overrides})
     return train_sft(config, callbacks=[snapshot.callback]), snapshot
 
 
@@ -148,10 +140,10 @@ def test_seeded_runs_are_identical(testbed, tmp_path):
 
 
 def test_training_prompt_is_the_inference_prompt(testbed, tmp_path):
-    examples = testbed_examples(testbed)
+    examples = testbed_examples(testbed.root)
     with_prior = [e for e in examples if e.prior_frontal]
     assert with_prior, "the tiny testbed should have a study with a prior"
-    from unirg.model.tiny import build_tiny_qwen3_vl
+    from unirg.trainer.tiny_models import build_tiny_qwen3_vl
 
     path = build_tiny_qwen3_vl(tmp_path / "m", hidden_size=64, image_size=64, num_layers=1)
     adapter = adapter_for(path)
@@ -169,7 +161,7 @@ def test_training_prompt_is_the_inference_prompt(testbed, tmp_path):
 
 
 def test_patient_split_is_disjoint_and_seeded(testbed):
-    examples = testbed_examples(testbed, institutions=None)
+    examples = testbed_examples(testbed.root, institutions=None)
     train, held = patient_split(examples, 0.34, seed=1)
     assert held and train
     assert not {e.patient_id for e in train} & {e.patient_id for e in held}
@@ -192,7 +184,7 @@ def test_config_errors_say_how_to_fix(tmp_path):
 
 
 def test_chexpert_scores_and_baseline(testbed):
-    examples = testbed_examples(testbed)
+    examples = testbed_examples(testbed.root)
     references = [e.labels for e in examples]
     perfect = evaluate_chexpert([e.target for e in examples], references)
     assert perfect["micro"]["f1"] > 0.8  # the labeler reads the reference reports back
@@ -206,7 +198,7 @@ def test_sft_command(testbed, tmp_path):
     from unirg.trainer.train_cli import sft
 
     out = tmp_path / "cli"
-    args = ["--data", str(testbed), "--out", str(out), "--init", "tiny-qwen3-vl", "--max-steps", "2",
+    args = ["--data", str(testbed.root), "--out", str(out), "--init", "tiny-qwen3-vl", "--max-steps", "2",
             "--batch-size", "2", "--image-size", "64", "--hidden-size", "64", "--layers", "2",
             "--vision-hidden-size", "32", "--threads", "1", "--institutions", "A,B,C", "--eval-fraction", "0.3",
             "--evaluate", "--eval-institutions", "C", "--eval-max-studies", "2"]
@@ -216,5 +208,5 @@ def test_sft_command(testbed, tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["training"]["institutions"] == ["A", "B", "C"]
     assert "C" in manifest["metrics"]["sets"]
-    bad = CliRunner().invoke(sft, ["--data", str(testbed), "--out", str(out)])
+    bad = CliRunner().invoke(sft, ["--data", str(testbed.root), "--out", str(out)])
     assert bad.exit_code != 0 and "--init tiny-qwen3-vl" in bad.output

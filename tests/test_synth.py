@@ -38,11 +38,7 @@ IMAGE_KEYS = ["path", "sop_instance_uid", "series_uid", "view", "modality", "tra
               "bits_stored"]
 
 
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory) -> tuple[Path, list[dict]]:
-    out = tmp_path_factory.mktemp("testbed")
-    records = generate_testbed(out, PATIENTS, SEED, SIZE)
-    return out, records
+pytestmark = pytest.mark.testbed(patients=PATIENTS, seed=SEED, size=SIZE)  # the shared `testbed` fixture
 
 
 def _pixels(path: Path, plugin: str = "") -> np.ndarray:

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import requests
 from dicom_factories import make_chest_image
-from orthanc_server_fixture import ORTHANC_USER, free_port, orthanc_server, upload  # noqa: F401
+from conftest import ORTHANC_USER, upload
+from dicom_peers import free_port
 
 from unirg.plugin import viewer as v
 from unirg.sr_writer import RESEARCH_LABEL, ModelInfo, ReportSections, build_draft_sr

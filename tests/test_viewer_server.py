@@ -14,7 +14,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from unirg.plugin import orthanc_server as osrv
+from unirg.plugin.orthanc import server as osrv
 from unirg.plugin import viewer as v
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

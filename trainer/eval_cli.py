@@ -26,7 +26,7 @@ from unirg.trainer.evaluate import (
     write_predictions,
 )
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _parse_fractions(text: str) -> dict[str, float]:

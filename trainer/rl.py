@@ -19,6 +19,8 @@ How a study reaches the model (the same path as inference)
     that TRL's prompt tokens equal the plugin's (``adapter.prepare``).
 
 Reward
+    The terms come from the one composition table (:mod:`unirg.trainer.rewards.table`: ``resolve_rewards``
+    -> ``(component, weight, scaling)`` rows, the same rows a ``CompositeReward`` is built from).
     One TRL reward function per component (:func:`build_reward_funcs`), weighted by ``reward_weights``. TRL
     then logs every component per step (``rewards/<component>/mean`` and ``/std``, one column each in the
     completions table), the weighted ``reward``, ``reward_std`` and ``frac_reward_zero_std``. Standard
@@ -47,7 +49,6 @@ Output directory ``OUT`` (``output_dir``)::
 from __future__ import annotations
 
 import copy
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -64,12 +65,18 @@ from transformers import TrainerCallback
 
 from unirg.model.prompt import format_target
 from unirg.trainer.data.study import study_input
+from unirg.trainer.rewards.table import (
+    RewardTerm,
+    resolve_rewards,
+    reward_table,
+    trl_reward_weights,
+)
 from unirg.trainer.rl_config import RLConfig, RLConfigError, load_rl_config
 
 __all__ = [
     "RLResult",
     "RLSetup",
-    "RewardSpec",
+    "RewardTerm",
     "ZeroStdMonitor",
     "build_dataset",
     "build_reward_funcs",
@@ -84,15 +91,7 @@ __all__ = [
     "train_rl",
 ]
 
-logger = logging.getLogger(__name__)
-
-SUBSTITUTE_OF = {
-    "embedding_cosine": "BERTScore",
-    "semb_substitute": "SembScore",
-    "radgraph_substitute": "RadGraph-F1",
-}
-REAL_OF = {"bertscore": "BERTScore", "sembscore": "SembScore", "radgraph_f1": "RadGraph-F1", "bleu": "BLEU",
-           "judge": "LLM judge 1/(1+significant errors)"}
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,92 +99,7 @@ REAL_OF = {"bertscore": "BERTScore", "sembscore": "SembScore", "radgraph_f1": "R
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RewardSpec:
-    """One reward term: the config key (slot or component), what fills it, its weight and scaling."""
-
-    key: str
-    component: str
-    weight: float
-    real: bool
-    description: str
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    standardize: bool = False
-    mean: float | None = None
-    std: float | None = None
-
-    @property
-    def effective_weight(self) -> float:
-        """The weight TRL applies: ``weight / std`` when standard-scaled (see the module docstring)."""
-        return self.weight / self.std if self.standardize and self.std else self.weight
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "key": self.key, "component": self.component, "real_metric": self.real, "description": self.description,
-            "weight": self.weight, "standardize": self.standardize, "mean": self.mean, "std": self.std,
-            "effective_weight": self.effective_weight,
-        }
-
-
-def resolve_rewards(cfg: RLConfig) -> list[RewardSpec]:
-    """The reward terms of ``cfg``: slots resolved to the real metric or its offline substitute."""
-    from unirg.trainer.rewards import REGISTRY
-
-    standardize = set(cfg.reward_standardize) if cfg.reward_standardize is not None else {
-        k for k in cfg.reward_components if k != "judge"}
-    specs = []
-    for key, weight in cfg.reward_components.items():
-        options: dict[str, Any] = {}
-        if key == "bertscore":
-            if cfg.bertscore_model:
-                component, real = "bertscore", True
-                options = {"model_path": cfg.bertscore_model, "num_layers": cfg.bertscore_layers}
-                description = f"BERTScore F1 ({cfg.bertscore_model}, layer {cfg.bertscore_layers})"
-            else:
-                component, real = "embedding_cosine", False
-                description = "SUBSTITUTE for BERTScore: sentence-embedding cosine (all-MiniLM-L6-v2 by default)"
-        elif key == "semb":
-            if cfg.chexbert_model:
-                component, real = "sembscore", True
-                options = {"model_path": cfg.chexbert_model}
-                description = f"SembScore: cosine of CheXbert embeddings ({cfg.chexbert_model})"
-            else:
-                component, real = "semb_substitute", False
-                description = "SUBSTITUTE for SembScore: cosine of the rule-based labeler's 14-observation vectors"
-        elif key == "radgraph":
-            if cfg.radgraph_model:
-                component, real = "radgraph_f1", True
-                options = {"model_path": cfg.radgraph_model}
-                description = f"RadGraph-F1 ({cfg.radgraph_model})"
-            else:
-                component, real = "radgraph_substitute", False
-                description = "SUBSTITUTE for RadGraph-F1: entity/attribute overlap F1 from the rule-based labeler"
-        elif key == "judge":
-            component, real = "judge", True
-            description = "1 / (1 + clinically significant errors) from the CheXprompt-style LLM judge"
-        else:
-            component = key
-            real = component not in SUBSTITUTE_OF and not component.endswith("_substitute")
-            description = (f"SUBSTITUTE for {SUBSTITUTE_OF[component]}" if component in SUBSTITUTE_OF
-                           else REAL_OF.get(component, component))
-        if real and component in ("sembscore", "radgraph_f1") and component not in REGISTRY:
-            flag = "--chexbert-model" if component == "sembscore" else "--radgraph-model"
-            raise RLConfigError(
-                f"{flag} asks for the real {REAL_OF[component]}, but no {component!r} reward component is "
-                f"registered in unirg.trainer.rewards (its scorer package is not part of this install); register "
-                f"one with unirg.trainer.rewards.register_component({component!r}, factory) before training, or "
-                f"drop {flag} to use the offline substitute"
-            )
-        options.update(cfg.reward_options.get(key, {}))
-        if component != key:
-            options.update(cfg.reward_options.get(component, {}))
-        specs.append(RewardSpec(key=key, component=component, weight=float(weight), real=real,
-                                description=description, options=options,
-                                standardize=key in standardize or component in standardize))
-    return specs
-
-
-def build_reward_funcs(specs: Sequence[RewardSpec], judge_config: dict | None = None) -> list[Callable]:
+def build_reward_funcs(specs: Sequence[RewardTerm], judge_config: dict | None = None) -> list[Callable]:
     """One TRL reward function per spec (``__name__`` = the component, so TRL logs ``rewards/<component>/...``).
 
     A ``judge`` term needs ``judge_config`` (``[reward.judge]``) or ``UNIRG_JUDGE_BASE_URL``; without either,
@@ -241,7 +155,7 @@ def _judge_counts(funcs: Sequence[Callable]) -> dict[str, int] | None:
     return None
 
 
-def fit_scaling(specs: Sequence[RewardSpec], funcs: Sequence[Callable], references: Sequence[str], *,
+def fit_scaling(specs: Sequence[RewardTerm], funcs: Sequence[Callable], references: Sequence[str], *,
                 pairs: int = 256, seed: int = 0) -> None:
     """Fill ``mean``/``std`` of the standardised specs from mismatched reference pairs.
 
@@ -253,7 +167,7 @@ def fit_scaling(specs: Sequence[RewardSpec], funcs: Sequence[Callable], referenc
         return
     unique = sorted(set(r for r in references if r and r.strip()))
     if len(unique) < 2:
-        logger.warning("fewer than 2 distinct references: reward components are not standard-scaled")
+        log.warning("fewer than 2 distinct references: reward components are not standard-scaled")
         for spec, _ in todo:
             spec.mean, spec.std = 0.0, 1.0
         return
@@ -275,7 +189,7 @@ def fit_scaling(specs: Sequence[RewardSpec], funcs: Sequence[Callable], referenc
         spec.mean, spec.std = mu, sd if sd > 1e-8 else 1.0
 
 
-def _apply_scaling(cfg: RLConfig, specs: Sequence[RewardSpec], funcs: Sequence[Callable],
+def _apply_scaling(cfg: RLConfig, specs: Sequence[RewardTerm], funcs: Sequence[Callable],
                    references: Sequence[str]) -> None:
     if cfg.reward_scaling == "none":
         for spec in specs:
@@ -287,21 +201,10 @@ def _apply_scaling(cfg: RLConfig, specs: Sequence[RewardSpec], funcs: Sequence[C
             if pair is not None:
                 spec.standardize, spec.mean, spec.std = True, float(pair[0]), float(pair[1])
             elif spec.standardize:
-                logger.warning("reward_scaling has no [mean, std] for %s: used unscaled", spec.key)
+                log.warning("reward_scaling has no [mean, std] for %s: used unscaled", spec.key)
                 spec.standardize = False
         return
     fit_scaling(specs, funcs, references, pairs=cfg.scaling_pairs, seed=cfg.seed)
-
-
-def reward_table(specs: Sequence[RewardSpec]) -> str:
-    """A plain-text table of the reward terms (logged at start-up)."""
-    lines = ["reward terms (TRL logs rewards/<component>/mean|std per step):"]
-    for s in specs:
-        scale = f"scaled (x - {s.mean:.4g}) / {s.std:.4g}" if s.standardize and s.std else "unscaled"
-        lines.append(f"  {s.key:<10} -> {s.component:<20} weight {s.weight:<6g} {scale:<32} "
-                     f"effective weight {s.effective_weight:.4g}  [{'real' if s.real else 'SUBSTITUTE'}] "
-                     f"{s.description}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,7 +243,7 @@ def load_samples(cfg: RLConfig) -> list:
             f"no training samples in {cfg.data} (institutions {cfg.train_institutions}, {len(held)} SFT held-out "
             "patients excluded); check --institutions against the data"
         )
-    logger.info("RL training samples: %d (%d SFT held-out patients excluded)", len(kept), len(held))
+    log.info("RL training samples: %d (%d SFT held-out patients excluded)", len(kept), len(held))
     return kept
 
 
@@ -437,7 +340,7 @@ class ZeroStdMonitor(TrainerCallback):
         self.streak = self.streak + 1 if value > self.threshold else 0
         if self.streak == self.patience:
             self.warnings += 1
-            logger.warning(
+            log.warning(
                 "frac_reward_zero_std = %.2f for %d logging steps: most GRPO groups have identical rewards and give "
                 "no gradient. Raise temperature (1.0) or num_generations (16), add a dense reward component "
                 "(bertscore/embedding_cosine, radgraph), or check that completions are not all truncated/empty.",
@@ -455,17 +358,17 @@ class RLSetup:
 
     config: RLConfig
     trainer: Any
-    specs: list[RewardSpec]
+    specs: list[RewardTerm]
     processor: Any
     adapter: Any
     train_samples: int
     run_dir: Path
 
 
-def _trl_args(cfg: RLConfig, specs: Sequence[RewardSpec], run_dir: Path):
+def _trl_args(cfg: RLConfig, specs: Sequence[RewardTerm], run_dir: Path):
     args = copy.copy(cfg)  # same values; TRL's output_dir is the checkpoints folder
     args.output_dir = str(run_dir / "checkpoints")
-    args.reward_weights = [s.effective_weight for s in specs]
+    args.reward_weights = trl_reward_weights(specs)
     return args.to_trl()
 
 
@@ -482,10 +385,10 @@ def build_trainer(cfg: RLConfig, *, samples: Sequence | None = None) -> RLSetup:
     _apply_scaling(cfg, specs, funcs, references)
     funcs = [missing_as_group_mean(f, cfg.num_generations) if s.component == "judge" else f
              for s, f in zip(specs, funcs, strict=True)]
-    logger.info("%s", reward_table(specs))
+    log.info("%s", reward_table(specs))
     for spec in specs:
         if not spec.real:
-            logger.warning("reward %s: %s; its scores are not comparable with the published metric",
+            log.warning("reward %s: %s; its scores are not comparable with the published metric",
                            spec.key, spec.description)
     model, processor, adapter = load_policy(cfg)
     run_dir = Path(cfg.output_dir)
@@ -595,7 +498,7 @@ def train_rl(cfg: RLConfig, *, resume: bool | str | None = None, samples: Sequen
             raise RLConfigError(f"--resume: no checkpoint in {setup.run_dir / 'checkpoints'} (a run saves one "
                                 "every save_steps steps); start without --resume")
         checkpoint = str(found)
-        logger.info("resuming from %s", checkpoint)
+        log.info("resuming from %s", checkpoint)
     setup.trainer.train(resume_from_checkpoint=checkpoint)
     manifest = _save_outputs(setup, cfg)
     history = list(setup.trainer.state.log_history)

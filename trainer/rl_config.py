@@ -86,7 +86,7 @@ __all__ = [
     "parse_override",
 ]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SLOTS = ("bertscore", "semb", "radgraph", "judge")
 """Reward slots resolved to a real metric or its offline substitute (see :mod:`unirg.trainer.presets`)."""
@@ -191,7 +191,7 @@ class RLConfig(GRPOConfig):
         if not _cuda_available():
             self.use_cpu = True
             if self.bf16:
-                logger.warning("bf16=True on a CPU-only machine: using float32 (bf16=False)")
+                log.warning("bf16=True on a CPU-only machine: using float32 (bf16=False)")
             self.bf16 = False
             self.fp16 = False
         self._check()
@@ -313,7 +313,7 @@ class RLConfig(GRPOConfig):
         active = {n for n, w in self.reward_components.items() if w}
         resolved = {_slot_implementations(self).get(n, n) for n in active}
         if resolved and resolved <= COARSE_COMPONENTS:
-            logger.warning(
+            log.warning(
                 "the reward has only coarse components (%s): many GRPO groups will tie (frac_reward_zero_std "
                 "high); add a dense one such as bertscore/embedding_cosine or radgraph", ", ".join(sorted(resolved)))
 

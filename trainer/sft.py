@@ -19,12 +19,13 @@ the same function. Activation checkpointing, which TRL turns on by default, is o
 
 Pieces a later trainer (``unirg-trainer rl``) reuses:
 
-- :class:`TrainingExample`, :func:`testbed_examples`, :func:`patient_split`;
-- :class:`StudyInputCache` (decoded images, ``StudyInput`` per example) and :class:`SFTCollator`;
+- :class:`TrainingExample`, :func:`testbed_examples`, :func:`patient_split` (:mod:`.sft_data`, over
+  :mod:`unirg.trainer.data` samples);
+- :class:`StudyInputCache` (decoded images, ``StudyInput`` per example) and :class:`SFTCollator` (:mod:`.sft_data`);
 - :func:`prepare_model` (base checkpoint or tiny init, LoRA) and :func:`save_model_dir`
   (``save_pretrained`` + processor + ``unirg-model.json``), loadable by ``load_model``;
 - :func:`evaluate_chexpert` (CheXpert-14 F1 of drafts vs labels) and
-  :func:`most_common_report`.
+  :func:`most_common_report` (:mod:`.sft_eval`).
 
 Directory written by :func:`train_sft` (``OUT``)::
 
@@ -38,17 +39,15 @@ Directory written by :func:`train_sft` (``OUT``)::
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import json
 import logging
 import os
 import platform
-import random
 import shutil
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +55,20 @@ import torch
 
 from unirg.model.families import FamilyAdapter, adapter_for, save_processor
 from unirg.model.model import MANIFEST, TRAINING_DATA
-from unirg.model.prompt import format_target
 from unirg.model.reload import model_weights_sha256
-from unirg.model.study import GenerationConfig, StudyInput, chunked, indication_from_dataset
 from unirg.trainer.sft_config import SFTRunConfig, load_config
+from unirg.trainer.sft_data import (
+    SFTCollator,
+    StudyInputCache,
+    TrainingExample,
+    _processor_side,
+    approximate_length,
+    examples_from_samples,
+    index_dataset,
+    patient_split,
+    testbed_examples,
+)
+from unirg.trainer.sft_eval import draft_examples, evaluate_chexpert, evaluate_model_dir, most_common_report
 
 __all__ = [
     "SFTCollator",
@@ -67,7 +76,12 @@ __all__ = [
     "SFTRunConfig",
     "StudyInputCache",
     "TrainingExample",
+    "approximate_length",
+    "draft_examples",
     "evaluate_chexpert",
+    "evaluate_model_dir",
+    "examples_from_samples",
+    "index_dataset",
     "load_config",
     "most_common_report",
     "patient_split",
@@ -77,201 +91,7 @@ __all__ = [
     "train_sft",
 ]
 
-logger = logging.getLogger(__name__)
-
-FRONTAL_VIEWS = ("PA", "AP")
-TOP5 = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
-
-
-# --------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class TrainingExample:
-    """One study to learn from: image paths, the prior, the reference report.
-
-    Paths are absolute. ``target`` is the answer the model is trained to write
-    (:func:`format_target` of the reference findings and impression).
-    """
-
-    study_uid: str
-    patient_id: str
-    institution: str
-    frontal: str
-    target: str
-    labels: dict[str, int | None] = field(default_factory=dict, compare=False)
-    prior_frontal: str | None = None
-    prior_report: str | None = None
-    study_date: str = ""
-
-
-def _frontal_path(root: Path, record: dict) -> str | None:
-    frontals = [image for image in record.get("images", []) if image.get("view") in FRONTAL_VIEWS]
-    frontals.sort(key=lambda image: FRONTAL_VIEWS.index(image["view"]))  # PA before AP, as select_views
-    return str(root / frontals[0]["path"]) if frontals else None
-
-
-def testbed_examples(
-    data_dir: str | Path,
-    *,
-    institutions: Iterable[str] | None = None,
-    priors: bool = True,
-) -> list[TrainingExample]:
-    """Training examples from a synthetic testbed (``manifest.jsonl``, docs/design.md).
-
-    Studies without a frontal image are left out (the plugin skips them too). With
-    ``priors``, a study whose prior has a frontal image gets that image and the prior's
-    report, which is what the plugin sends for the most recent prior.
-    """
-    root = Path(data_dir).resolve()
-    manifest = root / "manifest.jsonl"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} not found: make a testbed with `unirg-trainer synth --out {root}`")
-    records = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-    by_uid = {record["study_uid"]: record for record in records}
-    wanted = set(institutions) if institutions else None
-    examples = []
-    for record in records:
-        if wanted is not None and record.get("institution") not in wanted:
-            continue
-        frontal = _frontal_path(root, record)
-        if frontal is None:
-            continue
-        report = record["report"]
-        prior_frontal = prior_report = None
-        prior = by_uid.get(record.get("prior_study_uid") or "")
-        if priors and prior is not None:
-            prior_frontal = _frontal_path(root, prior)
-            if prior_frontal is not None:
-                prior_report = format_target(prior["report"]["findings"], prior["report"]["impression"])
-        examples.append(
-            TrainingExample(
-                study_uid=record["study_uid"],
-                patient_id=record["patient_id"],
-                institution=record.get("institution", ""),
-                frontal=frontal,
-                target=format_target(report["findings"], report["impression"]),
-                labels=dict(record.get("labels") or {}),
-                prior_frontal=prior_frontal,
-                prior_report=prior_report,
-                study_date=str(record.get("study_date", "")),
-            )
-        )
-    return examples
-
-
-testbed_examples.__test__ = False  # not a pytest test, whatever its name
-
-
-def patient_split(
-    examples: Sequence[TrainingExample], fraction: float, seed: int
-) -> tuple[list[TrainingExample], list[TrainingExample]]:
-    """``(train, held_out)``: a seeded share ``fraction`` of the *patients* is held out,
-    so no patient sits on both sides. Independent of the order of ``examples``."""
-    patients = sorted({example.patient_id for example in examples})
-    if fraction <= 0 or len(patients) < 2:
-        return list(examples), []
-    count = min(len(patients) - 1, max(1, round(len(patients) * fraction)))
-    held = set(random.Random(seed).sample(patients, count))
-    return [e for e in examples if e.patient_id not in held], [e for e in examples if e.patient_id in held]
-
-
-class StudyInputCache:
-    """Builds the :class:`StudyInput` of an example, decoding each DICOM file once.
-
-    The fields are what :meth:`StudyInput.from_datasets` makes of the same files
-    (indication from the image header, ``"Chest radiograph YYYY-MM-DD."`` comparison
-    for a prior); ``decode_size`` is the square the pixels are fitted to before the
-    processor's own resize (512 in the plugin; a smaller square changes nothing once the
-    processor has resized to a smaller model input, and saves memory).
-    """
-
-    def __init__(self, decode_size: int = 512) -> None:
-        self.decode_size = decode_size
-        self._images: dict[str, Any] = {}
-        self._headers: dict[str, tuple[str | None, str]] = {}
-
-    def _load(self, path: str) -> None:
-        import pydicom
-
-        from unirg.model.pixels import dataset_to_image
-
-        ds = pydicom.dcmread(path)
-        self._images[path] = dataset_to_image(ds, size=self.decode_size)
-        self._headers[path] = (indication_from_dataset(ds), str(getattr(ds, "StudyDate", "") or ""))
-
-    def image(self, path: str):
-        if path not in self._images:
-            self._load(path)
-        return self._images[path]
-
-    def header(self, path: str) -> tuple[str | None, str]:
-        if path not in self._headers:
-            self._load(path)
-        return self._headers[path]
-
-    def study(self, example: TrainingExample) -> StudyInput:
-        indication, _date = self.header(example.frontal)
-        comparison = None
-        prior_image = None
-        if example.prior_frontal is not None:
-            prior_image = self.image(example.prior_frontal)
-            _, prior_date = self.header(example.prior_frontal)
-            if len(prior_date) == 8 and prior_date.isdigit():  # as StudyInput.from_datasets
-                comparison = f"Chest radiograph {prior_date[:4]}-{prior_date[4:6]}-{prior_date[6:]}."
-        return StudyInput(
-            frontal=self.image(example.frontal),
-            indication=indication,
-            comparison=comparison,
-            prior_frontal=prior_image,
-            prior_report=example.prior_report if prior_image is not None else None,
-            study_uid=example.study_uid,
-        )
-
-
-class SFTCollator:
-    """Turns dataset rows ``{"index": i}`` into a training batch of ``examples[i]``.
-
-    The batch is :meth:`FamilyAdapter.training_inputs` (right-padded, ``labels`` -100 on
-    prompt and padding), so the prompt is byte for byte the inference prompt.
-    """
-
-    def __init__(
-        self,
-        adapter: FamilyAdapter,
-        processor: Any,
-        examples: Sequence[TrainingExample],
-        cache: StudyInputCache | None = None,
-    ) -> None:
-        self.adapter = adapter
-        self.processor = processor
-        self.examples = list(examples)
-        self.cache = cache or StudyInputCache()
-
-    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
-        chosen = [self.examples[int(feature["index"])] for feature in features]
-        studies = [self.cache.study(example) for example in chosen]
-        batch = self.adapter.training_inputs(self.processor, studies, [e.target for e in chosen])
-        return dict(batch)
-
-
-def approximate_length(example: TrainingExample) -> int:
-    """A cheap proxy of an example's token count (words), for length-grouped batches."""
-    words = len(example.target.split())
-    if example.prior_frontal is not None:
-        words += 40 + len((example.prior_report or "").split())  # second image + prior report
-    return words
-
-
-def index_dataset(examples: Sequence[TrainingExample], start: int = 0):
-    """A ``datasets.Dataset`` of rows ``{"index", "length"}`` (``index`` is what
-    :class:`SFTCollator` reads, counted from ``start``; ``length`` feeds length grouping)."""
-    from datasets import Dataset
-
-    return Dataset.from_dict(
-        {
-            "index": list(range(start, start + len(examples))),
-            "length": [approximate_length(example) for example in examples],
-        }
-    )
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- model
@@ -283,7 +103,7 @@ def _device(config: SFTRunConfig) -> torch.device:
 
 def build_init(config: SFTRunConfig, out_dir: Path, corpus: Sequence[str]) -> Path:
     """The random-weight starting model named by ``config.init``, written to ``out_dir``."""
-    from unirg.model.tiny import build_tiny_qwen3_vl
+    from unirg.trainer.tiny_models import build_tiny_qwen3_vl
 
     model_type = {"tiny-qwen3-vl": "qwen3_vl", "tiny-qwen2.5-vl": "qwen2_5_vl"}[str(config.init)]
     return build_tiny_qwen3_vl(
@@ -479,7 +299,7 @@ def trl_args(config: SFTRunConfig, *, has_eval: bool):
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         length_column_name="length",
-        disable_tqdm=not logger.isEnabledFor(logging.INFO),
+        disable_tqdm=not log.isEnabledFor(logging.INFO),
     )
 
 
@@ -553,7 +373,7 @@ def train_sft(
     )
     resume = _last_checkpoint(config.checkpoint_dir) if config.resume else None
     if resume:
-        logger.info("resuming from %s", resume)
+        log.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     eval_loss = None
     if held_out:
@@ -602,171 +422,5 @@ def train_sft(
         training=training,
         **({TRAINING_DATA: "synthetic"} if synthetic else {}),  # drafts then say so in their disclaimer
     )
-    logger.info("saved %s version %s to %s (%.0f s)", manifest["name"], manifest["version"], out, wall)
+    log.info("saved %s version %s to %s (%.0f s)", manifest["name"], manifest["version"], out, wall)
     return SFTResult(out, manifest, log_history, list(train), list(held_out), wall)
-
-
-def _processor_side(processor: Any) -> int | None:
-    """Side in pixels of the square the image processor resizes to, when it says."""
-    image_processor = getattr(processor, "image_processor", None)
-    size = getattr(image_processor, "size", None) or {}
-    if isinstance(size, dict):
-        if "longest_edge" in size and "shortest_edge" in size and size["longest_edge"] > 4096:
-            return int(round(size["longest_edge"] ** 0.5))  # Qwen-VL: pixel counts
-        if "height" in size:
-            return int(size["height"])
-    max_pixels = getattr(image_processor, "max_pixels", None)
-    if max_pixels:
-        return int(round(max_pixels**0.5))
-    return None
-
-
-# --------------------------------------------------------------------------- evaluation
-def _positives(labels: dict | Sequence) -> frozenset[str]:
-    from unirg.trainer.rewards.clinical import positive_set
-
-    return positive_set(labels, uncertain="positive")
-
-
-def evaluate_chexpert(
-    candidates: Sequence[str], references: Sequence[dict[str, int | None]]
-) -> dict[str, Any]:
-    """CheXpert-14 F1 of report texts against reference labels.
-
-    ``candidates`` are report texts, labeled with :func:`unirg.trainer.labeler.label_report`;
-    ``references`` are label dicts (the testbed manifest's ``labels``). Positive = 1,
-    uncertain counts as positive (the usual CheXpert-F1 convention). Returns micro
-    precision / recall / F1 over all 14 observations and over the top 5
-    (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion), macro F1 over
-    observations with reference positives, and per-observation F1 with support.
-    """
-    from unirg.trainer.chexpert import OBSERVATIONS
-    from unirg.trainer.labeler import label_report
-
-    if len(candidates) != len(references):
-        raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
-    counts = {o: collections.Counter() for o in OBSERVATIONS}
-    for text, reference in zip(candidates, references, strict=True):
-        predicted = _positives(label_report(text))
-        truth = _positives(reference)
-        for observation in OBSERVATIONS:
-            p, t = observation in predicted, observation in truth
-            counts[observation]["tp" if p and t else "fp" if p else "fn" if t else "tn"] += 1
-
-    def f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        score = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-        return precision, recall, score
-
-    def micro(names: Iterable[str]) -> dict[str, float]:
-        tp = sum(counts[o]["tp"] for o in names)
-        fp = sum(counts[o]["fp"] for o in names)
-        fn = sum(counts[o]["fn"] for o in names)
-        p, r, s = f1(tp, fp, fn)
-        return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(s, 4)}
-
-    per = {}
-    for observation in OBSERVATIONS:
-        c = counts[observation]
-        _, _, score = f1(c["tp"], c["fp"], c["fn"])
-        per[observation] = {"f1": round(score, 4), "support": c["tp"] + c["fn"], "predicted": c["tp"] + c["fp"]}
-    supported = [per[o]["f1"] for o in OBSERVATIONS if per[o]["support"]]
-    return {
-        "n": len(candidates),
-        "micro": micro(OBSERVATIONS),
-        "micro_top5": micro(TOP5),
-        "macro_f1": round(sum(supported) / len(supported), 4) if supported else 0.0,
-        "per_observation": per,
-    }
-
-
-def most_common_report(examples: Sequence[TrainingExample]) -> str:
-    """The most frequent target text among ``examples`` (ties: the first seen): the
-    "always write the commonest report" baseline."""
-    counts = collections.Counter(example.target for example in examples)
-    return counts.most_common(1)[0][0]
-
-
-def draft_examples(
-    model: Any,
-    examples: Sequence[TrainingExample],
-    generation: GenerationConfig | None = None,
-    *,
-    cache: StudyInputCache | None = None,
-) -> list[str]:
-    """Draft ``examples`` with a loaded ``ReportModel``; the findings + impression texts."""
-    cache = cache or StudyInputCache()
-    generation = generation or GenerationConfig(max_new_tokens=256, batch_size=8)
-    texts: list[str] = []
-    for batch in chunked(list(examples), generation.batch_size):
-        drafts = model.draft([cache.study(example) for example in batch], generation)
-        texts += [format_target(d.findings, d.impression) for d in drafts]
-    return texts
-
-
-def evaluate_model_dir(
-    model_dir: str | Path,
-    config: SFTRunConfig,
-    *,
-    institutions: Sequence[str] = ("C",),
-    max_studies: int | None = 200,
-    generation: GenerationConfig | None = None,
-    write: bool = True,
-) -> dict[str, Any]:
-    """CheXpert-14 F1 of a trained model's drafts, and of the most-common-report baseline.
-
-    Sets: ``held_out`` (the patients :func:`train_sft` held out of the training
-    institutions) and one per institution in ``institutions`` (all its studies, e.g.
-    the unseen institution C), each capped at ``max_studies`` (a seeded sample). The
-    baseline writes the commonest training report for every study. With ``write`` the
-    result goes into the model's ``unirg-model.json`` under ``metrics``.
-    """
-    from unirg.model.model import load_model
-
-    started = time.monotonic()
-    model_dir = Path(model_dir)
-    examples = testbed_examples(config.data, institutions=config.institutions, priors=config.priors)
-    train, held_out = patient_split(examples, config.eval_fraction, config.seed)
-    baseline = most_common_report(train)
-    sets: dict[str, list[TrainingExample]] = {}
-    if held_out:
-        sets["held_out_" + "".join(config.institutions or ())] = held_out
-    for institution in institutions:
-        sets[institution] = testbed_examples(config.data, institutions=[institution], priors=config.priors)
-    rng = random.Random(config.seed)
-    for name, chosen in list(sets.items()):
-        if max_studies and len(chosen) > max_studies:
-            sets[name] = sorted(rng.sample(chosen, max_studies), key=lambda e: (e.patient_id, e.study_date))
-        if not sets[name]:
-            del sets[name]
-    model = load_model(model_dir)
-    cache = StudyInputCache(decode_size=min(512, 2 * (_processor_side(model.processor) or 256)))
-    generation = generation or GenerationConfig(max_new_tokens=256, batch_size=8)
-    results: dict[str, Any] = {}
-    for name, chosen in sets.items():
-        texts = draft_examples(model, chosen, generation, cache=cache)
-        references = [e.labels for e in chosen]
-        results[name] = {
-            "n": len(chosen),
-            "model": evaluate_chexpert(texts, references),
-            "baseline": evaluate_chexpert([baseline] * len(chosen), references),
-        }
-    metrics = {
-        "chexpert14": {
-            "labeler": "unirg.trainer.labeler (rule-based); references: testbed manifest labels; "
-            "uncertain counted as positive",
-            "generation": {"strategy": generation.strategy, "max_new_tokens": generation.max_new_tokens},
-            "baseline": "the most common training report, for every study",
-            "baseline_text": baseline,
-        },
-        "sets": results,
-        "eval_wall_s": round(time.monotonic() - started, 1),
-    }
-    if write:
-        manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
-        manifest["metrics"] = metrics
-        tmp = model_dir / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, model_dir / MANIFEST)
-    return metrics

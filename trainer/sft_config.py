@@ -29,7 +29,7 @@ from typing import Any
 __all__ = ["INITS", "SFTRunConfig", "load_config"]
 
 INITS = ("tiny-qwen3-vl", "tiny-qwen2.5-vl")
-"""Random-weight starting points built locally (:mod:`unirg.model.tiny`)."""
+"""Random-weight starting points built locally (:mod:`unirg.trainer.tiny_models`)."""
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 

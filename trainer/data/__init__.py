@@ -12,9 +12,9 @@ Loaders (one per file), all returning ``list[Sample]`` with priors linked:
 :func:`load_dataset`                  any of the above by ``format`` (or ``"auto"``)
 ====================================  ==========================================================
 
-Splits (:mod:`.splits`): patient-level by a seeded hash (:func:`split_by_patient`), by institution
-(:func:`split_by_institution`). Timelines (:mod:`.longitudinal`): :func:`link_priors`,
-:func:`longitudinal_pairs`.
+Splits (:mod:`.splits`): patient-level by a seeded hash (:func:`split_by_patient`), a seeded share of patients
+held out (:func:`holdout_split`, SFT's evaluation split), by institution (:func:`split_by_institution`). Timelines (:mod:`.longitudinal`):
+:func:`link_priors`, :func:`longitudinal_pairs`.
 """
 
 from unirg.trainer.data.chexpert_plus import load_chexpert_plus
@@ -25,7 +25,13 @@ from unirg.trainer.data.mimic import load_mimic_cxr
 from unirg.trainer.data.registry import FORMATS, LOADERS, detect_format, load_dataset
 from unirg.trainer.data.rexgradient import load_rexgradient
 from unirg.trainer.data.sample import AGE_BANDS, ImageRef, Prior, Sample, age_band, section_text
-from unirg.trainer.data.splits import check_disjoint, split_by_institution, split_by_patient, split_of
+from unirg.trainer.data.splits import (
+    check_disjoint,
+    holdout_split,
+    split_by_institution,
+    split_by_patient,
+    split_of,
+)
 from unirg.trainer.data.testbed import load_testbed
 
 __all__ = [
@@ -38,6 +44,7 @@ __all__ = [
     "age_band",
     "check_disjoint",
     "detect_format",
+    "holdout_split",
     "link_priors",
     "load_chexpert_plus",
     "load_dataset",

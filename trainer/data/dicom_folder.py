@@ -1,8 +1,8 @@
 """Loader for a folder of DICOM files, e.g. an export from a PACS: images + report SRs.
 
 Every file under the folder is read (non-DICOM files are skipped); objects are grouped by
-StudyInstanceUID. Images are the original chest radiographs that :func:`unirg.plugin.select.skip_reason`
-accepts (view from :func:`unirg.plugin.select.classify_view`); the reference report is a TID 2000 SR of the
+StudyInstanceUID. Images are the original chest radiographs that :func:`unirg.model.views.skip_reason`
+accepts (view from :func:`unirg.model.views.classify_view`); the reference report is a TID 2000 SR of the
 study read with :func:`unirg.sr_writer.read_report`: verified reports win over drafts, the latest
 (ContentDate / ContentTime) among equals. AI drafts (unverified or preliminary SRs, such as our own) are not
 used as references unless ``include_drafts``. Patient, sex, age (PatientAge, else from PatientBirthDate),
@@ -33,7 +33,7 @@ from unirg.trainer.data.sample import (
     parse_age,
 )
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _read(path: Path) -> Dataset | None:
@@ -66,7 +66,7 @@ def load_dicom_folder(folder: str | os.PathLike[str], *, include_drafts: bool = 
 
     ``require_report=False`` also returns studies without a usable report SR (empty reference text).
     """
-    from unirg.plugin.select import classify_view, skip_reason
+    from unirg.model.views import classify_view, skip_reason
     from unirg.sr_writer import SRInputError, read_report
 
     folder = Path(folder)
@@ -82,11 +82,11 @@ def load_dicom_folder(folder: str | os.PathLike[str], *, include_drafts: bool = 
             try:
                 entry["reports"].append((ds, read_report(ds)))
             except SRInputError as exc:
-                logger.warning("skipping SR %s: %s", path, exc)
+                log.warning("skipping SR %s: %s", path, exc)
             continue
         reason = skip_reason(ds)
         if reason is not None:
-            logger.debug("skipping %s: %s", path, reason)
+            log.debug("skipping %s: %s", path, reason)
             continue
         view = normalize_view(ds.get("ViewPosition"))
         if view not in FRONTAL_VIEWS | LATERAL_VIEWS:

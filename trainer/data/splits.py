@@ -3,6 +3,8 @@
 - :func:`split_of` / :func:`split_by_patient`: a deterministic hash of ``(seed, patient_id)`` (SHA-256, not
   Python's salted ``hash``) places each *patient* in a split by the given fractions; every study of the
   patient follows. Stable across runs, machines and dataset sizes (adding patients never moves others).
+- :func:`holdout_split`: a seeded share of the *patients* held out (``random.Random(seed).sample``), the SFT
+  evaluation split (``holdout.json``), which RL then leaves out.
 - :func:`split_by_institution`: train on some institutions, hold others out. A patient with any study at a
   held-out institution is a test patient: their studies at training institutions are left out of train
   (returned under ``"excluded"``) so no patient is in both.
@@ -11,11 +13,14 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from unirg.trainer.data.sample import Sample
 
 DEFAULT_FRACTIONS: Mapping[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
+T = TypeVar("T")
 
 
 def _unit(patient_id: str, seed: int) -> float:
@@ -57,6 +62,18 @@ def split_by_patient(samples: Iterable[Sample], *, seed: int = 0,
     for s in samples:
         out[split_of(s.patient_id, seed=seed, fractions=fractions)].append(s)
     return out
+
+
+def holdout_split(items: Sequence[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """``(train, held_out)`` of anything with a ``patient_id`` (samples, training examples): a seeded share
+    ``fraction`` of the *patients* is held out, so no patient sits on both sides. Independent of the order
+    of ``items``; at least one patient stays on each side when there are two or more."""
+    patients = sorted({item.patient_id for item in items})
+    if fraction <= 0 or len(patients) < 2:
+        return list(items), []
+    count = min(len(patients) - 1, max(1, round(len(patients) * fraction)))
+    held = set(random.Random(seed).sample(patients, count))
+    return [e for e in items if e.patient_id not in held], [e for e in items if e.patient_id in held]
 
 
 def split_by_institution(samples: Iterable[Sample], *, train: Sequence[str], test: Sequence[str],

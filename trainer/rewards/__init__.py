@@ -36,6 +36,10 @@ listing observations, so combine them with a text score (BLEU / ROUGE-L / embedd
 as ``components={"judge": make_judge_reward(...)}`` (any TRL-shaped function is wrapped in
 :class:`FunctionReward`), or by name after :func:`register_component`.
 
+One composition route (:mod:`.table`): a config resolves to :class:`RewardTerm` rows ``(component, weight,
+scaling)`` (:func:`resolve_rewards`); the same rows give TRL's ``reward_weights`` (:func:`trl_reward_weights`,
+one reward function per row in ``unirg-trainer rl``) and a :class:`CompositeReward` (:func:`composite_from_terms`).
+
 >>> from unirg.trainer.rewards import chexpert_f1_reward
 >>> chexpert_f1_reward(["No pneumothorax.", "Large left pneumothorax."], reference=["No pneumothorax."] * 2)
 [1.0, 0.0]
@@ -59,6 +63,7 @@ from unirg.trainer.rewards.composite import (
 )
 from unirg.trainer.rewards.lexical import bleu, bleu2, rouge_l
 from unirg.trainer.rewards.semantic import BERTScore, EmbeddingCosine, default_embedding_model_path
+from unirg.trainer.rewards.table import RewardTerm, composite_from_terms, resolve_rewards, trl_reward_weights
 
 # Ready-made TRL reward functions (picklable: module-level scorers inside a plain class instance).
 bleu_reward = PairwiseReward("bleu", bleu)
@@ -78,6 +83,7 @@ __all__ = [
     "FunctionReward",
     "PairwiseReward",
     "Reward",
+    "RewardTerm",
     "bleu",
     "bleu2",
     "bleu2_reward",
@@ -86,14 +92,17 @@ __all__ = [
     "chexpert_f1",
     "chexpert_f1_reward",
     "completion_text",
+    "composite_from_terms",
     "default_embedding_model_path",
     "label_vector",
     "positive_set",
     "radgraph_substitute",
     "radgraph_substitute_reward",
     "register_component",
+    "resolve_rewards",
     "rouge_l",
     "rouge_l_reward",
     "semb_substitute",
     "semb_substitute_reward",
+    "trl_reward_weights",
 ]

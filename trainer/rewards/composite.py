@@ -25,7 +25,7 @@ from unirg.trainer.rewards.clinical import chexpert_f1, radgraph_substitute, sem
 from unirg.trainer.rewards.lexical import bleu, bleu2, rouge_l
 from unirg.trainer.rewards.semantic import BERTScore, EmbeddingCosine
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 REGISTRY: dict[str, Callable[..., Reward]] = {}
 """Component name → factory taking the component's options as keyword arguments."""
@@ -175,7 +175,7 @@ class CompositeReward(Reward):
                 log_metric(f"{self.name}/{k}", m)
             if callable(log_extra):
                 log_extra(f"{self.name}/{k}", list(values))
-        logger.debug("%s: %s", self.name, {k: mean(v) for k, v in parts.items()})
+        log.debug("%s: %s", self.name, {k: mean(v) for k, v in parts.items()})
         return total
 
     def fit_scaling(

@@ -29,7 +29,7 @@ from unirg.trainer.synth.patients import Patient, Study, make_patient
 from unirg.trainer.synth.render import render_view, to_stored
 from unirg.trainer.synth.report import write_report
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 MIN_SIZE, MAX_SIZE = 128, 4096

@@ -1,4 +1,4 @@
-"""Prior studies from the PACS by DICOM Query/Retrieve (pynetdicom SCU).
+"""The DIMSE prior adapter: prior studies from the PACS by DICOM Query/Retrieve (pynetdicom SCU).
 
 :meth:`PriorsFetcher.fetch` does, for the patient of the current study:
 
@@ -13,7 +13,7 @@
 3. the prior's report is :func:`unirg.plugin.prior_policy.choose_report` of its SRs: a human report only
    (never ours, never a device-observed or AI-labelled SR), verified first, complete first, then newest.
 
-It never raises into the worker: an unreachable, rejecting, failing or slow PACS gives an empty
+It never raises into the worker (:class:`unirg.plugin.priors.core.PriorSource`): an unreachable, rejecting, failing or slow PACS gives an empty
 :class:`PriorsResult` whose ``reason`` says why (and a warning in the log); the draft is then made
 without priors. Timeouts: ``connect_timeout_s``, ``acse_timeout_s``, ``dimse_timeout_s`` per message,
 ``total_timeout_s`` for the whole fetch.
@@ -25,7 +25,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,10 @@ from unirg.plugin.prior_policy import (
     rank_prior_studies,
     study_date_range,
 )
+from unirg.plugin.priors.core import PriorSource, PriorStudy, PriorsResult, PriorsUnavailable, current_patient
 from unirg.plugin.receive import IMAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 
-__all__ = ["LocalPriors", "PriorStudy", "PriorsResult", "PriorsFetcher", "PriorsUnavailable", "choose_report"]
+__all__ = ["LocalPriors", "PriorsFetcher"]
 
 log = logging.getLogger(__name__)
 
@@ -58,54 +58,6 @@ SR_SOP_CLASSES = [
     sc.ExtensibleSRStorage,
 ]
 RETRIEVE_SOP_CLASSES = list(IMAGE_SOP_CLASSES) + SR_SOP_CLASSES
-
-
-class PriorsUnavailable(Exception):
-    """Why priors could not be had (becomes :attr:`PriorsResult.reason`)."""
-
-
-@dataclass
-class PriorStudy:
-    """One earlier study of the patient, as retrieved."""
-
-    study_uid: str
-    study_date: str = ""
-    study_time: str = ""
-    accession_number: str = ""
-    images: list[Dataset] = field(default_factory=list)
-    report: Dataset | None = None
-
-    def read_report(self) -> Any:
-        """The report text via ``unirg.sr_writer.read_report`` (``None`` when there is no report SR)."""
-        if self.report is None:
-            return None
-        from unirg.sr_writer import read_report  # the SR reader is sr_writer's business
-
-        return read_report(self.report)
-
-
-class PriorsResult(list):
-    """``list[PriorStudy]``, most recent first, plus why it may be empty or incomplete.
-
-    ``reason`` is ``None`` when the PACS answered normally (an empty list then means "no prior
-    exists"), else a human-readable cause ("PACS ... unreachable", "no PACS configured", ...).
-    """
-
-    def __init__(self, studies: Sequence[PriorStudy] = (), reason: str | None = None) -> None:
-        super().__init__(studies)
-        self.reason = reason
-
-    @property
-    def available(self) -> bool:
-        return self.reason is None
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "count": len(self),
-            "study_uids": [p.study_uid for p in self],
-            "with_report": sum(p.report is not None for p in self),
-            "reason": self.reason,
-        }
 
 
 class LocalPriors:
@@ -131,7 +83,7 @@ def _store_into(event: evt.Event, bucket: list[Dataset]) -> int:
     return 0x0000
 
 
-class PriorsFetcher:
+class PriorsFetcher(PriorSource):
     """Fetches priors from one PACS (see the module docstring).
 
     Parameters
@@ -153,30 +105,8 @@ class PriorsFetcher:
         self.calling_ae_title = config.calling_ae_title or calling_ae_title
         self._move_lock = threading.Lock()  # one C-MOVE destination port per process
 
-    # -- public -----------------------------------------------------------------------------------
-    def fetch(self, current: Sequence[Dataset]) -> PriorsResult:
-        """Priors of the patient of ``current``; never raises (see :class:`PriorsResult`)."""
-        study_uid = str(current[0].get("StudyInstanceUID", "")) if current else ""
-        if self.peer is None:
-            return PriorsResult(reason="no PACS configured for priors ([priors] pacs)")
-        if self.config.max_priors == 0:
-            return PriorsResult(reason="priors disabled (max_priors = 0)")
-        started = time.monotonic()
-        try:
-            result = self._fetch(current, started + self.config.total_timeout_s)
-        except PriorsUnavailable as exc:
-            result = PriorsResult(reason=str(exc))
-        except Exception as exc:  # never into the worker
-            log.exception("event=priors_error study=%s", study_uid)
-            result = PriorsResult(reason=f"priors failed: {type(exc).__name__}: {exc}")
-        took = time.monotonic() - started
-        if result.reason:
-            log.warning("event=priors_unavailable study=%s found=%d reason=%r seconds=%.2f",
-                        study_uid, len(result), result.reason, took)
-        else:
-            log.info("event=priors_found study=%s count=%d priors=%s seconds=%.2f",
-                     study_uid, len(result), ",".join(p.study_uid for p in result), took)
-        return result
+    def unavailable(self) -> str | None:
+        return None if self.peer is not None else "no PACS configured for priors ([priors] pacs)"
 
     # -- internals --------------------------------------------------------------------------------
     def _ae(self) -> AE:
@@ -249,14 +179,7 @@ class PriorsFetcher:
             raise PriorsUnavailable(f"PACS {self.peer} retrieval failed with status 0x{(final or 0):04X}")
 
     def _fetch(self, current: Sequence[Dataset], deadline: float) -> PriorsResult:
-        if not current:
-            raise PriorsUnavailable("no current images to take PatientID from")
-        head = current[0]
-        patient_id = str(head.get("PatientID", "") or "")
-        if not patient_id:
-            raise PriorsUnavailable("current study has no PatientID")
-        current_study = PriorCandidate(str(head.get("StudyInstanceUID", "")), str(head.get("StudyDate", "") or ""),
-                                       str(head.get("StudyTime", "") or ""))
+        patient_id, current_study = current_patient(current)
 
         bucket: list[Dataset] = []
         ae = self._ae()

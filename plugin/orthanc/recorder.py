@@ -40,50 +40,34 @@ and batches recorded once the burst is over.
 from __future__ import annotations
 
 import datetime
-import io
-import json
 import logging
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from sqlalchemy import Column, Float, MetaData, String, Table, Text, select
 
-from unirg.plugin.assemble import Assembler, InstanceInfo, StudyLedger, classify_instance
-from unirg.plugin.config import Config, ConfigError, apply_overrides, load_config
-from unirg.plugin.prior_policy import is_own_draft  # one policy; re-exported for older imports
-from unirg.plugin.queue import JobQueue, db_now, make_engine
+from unirg.plugin.assemble import Assembler, InstanceInfo, RerunRefused, StudyLedger, classify_instance
+from unirg.plugin.orthanc.rest import OrthancRest, RestError, orthanc_path, read_header, rest_json
+from unirg.plugin.prior_policy import is_own_draft
+from unirg.plugin.queue import JobQueue, db_now, insert_ignore
 
 __all__ = [
-    "ORTHANC_PATH_PREFIX",
-    "OrthancRest",
-    "RestError",
-    "PluginRest",
-    "OrthancLogHandler",
-    "is_own_draft",
-    "read_header",
-    "orthanc_path",
-    "orthanc_instance_id",
-    "config_from_orthanc",
+    "create_schema",
     "mark_retrieved_prior",
     "ChangeRecorder",
-    "OrthancPlugin",
+    "RecorderStats",
+    "noted_from_bytes",
+    "classify_for_orthanc",
+    "record_study_from_orthanc",
     "rerun_study",
     "RerunRefused",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Ledger paths of instances that live in Orthanc: ``orthanc:<Orthanc instance ID>``.
-ORTHANC_PATH_PREFIX = "orthanc:"
-#: Change types the plugin acts on (names of ``orthanc.ChangeType``).
-STABLE_STUDY = "STABLE_STUDY"
-ORTHANC_STARTED = "ORTHANC_STARTED"
-ORTHANC_STOPPED = "ORTHANC_STOPPED"
 
 metadata = MetaData()
 
@@ -110,155 +94,10 @@ def create_schema(engine: Any) -> None:
     metadata.create_all(engine, checkfirst=True)
 
 
-# -------------------------------------------------------------------------------------------------
-# Orthanc's REST API, from inside the plugin (orthanc.RestApiGet) or any stand-in
-# -------------------------------------------------------------------------------------------------
-
-class RestError(Exception):
-    """A REST call to Orthanc failed; ``not_found`` when the resource does not exist."""
-
-    def __init__(self, uri: str, message: str, not_found: bool = False) -> None:
-        super().__init__(f"{uri}: {message}")
-        self.uri = uri
-        self.not_found = not_found
-
-
-class OrthancRest(Protocol):
-    """What the plugin needs of Orthanc's REST API (raises :class:`RestError`)."""
-
-    def get(self, uri: str) -> bytes: ...
-
-    def post(self, uri: str, body: bytes) -> bytes: ...
-
-
-class PluginRest:
-    """:class:`OrthancRest` on the ``orthanc`` module of orthanc-python (passed in, never imported).
-
-    >>> class Sdk:                                   # a stand-in for the orthanc module
-    ...     class OrthancException(Exception): pass
-    ...     @staticmethod
-    ...     def RestApiGet(uri): raise Sdk.OrthancException(17, "Unknown resource")
-    >>> try:
-    ...     PluginRest(Sdk).get("/instances/x")
-    ... except RestError as exc:
-    ...     print(exc.not_found)
-    True
-    """
-
-    UNKNOWN_RESOURCE = 17  # OrthancPluginErrorCode_UnknownResource
-
-    def __init__(self, sdk: Any) -> None:
-        self._sdk = sdk
-
-    def _call(self, fn: Callable[..., bytes], uri: str, *args: Any) -> bytes:
-        try:
-            return fn(uri, *args)
-        except self._sdk.OrthancException as exc:
-            code = exc.args[0] if exc.args else None
-            try:
-                code = int(code)
-            except (TypeError, ValueError):
-                code = None
-            raise RestError(uri, str(exc), not_found=code == self.UNKNOWN_RESOURCE) from exc
-
-    def get(self, uri: str) -> bytes:
-        return self._call(self._sdk.RestApiGet, uri)
-
-    def post(self, uri: str, body: bytes) -> bytes:
-        return self._call(self._sdk.RestApiPost, uri, body)
-
-
-def rest_json(rest: OrthancRest, uri: str, body: Any = None) -> Any:
-    """GET (or POST ``body``: bytes as is, anything else as JSON) and decode the JSON answer."""
-    if body is None:
-        return json.loads(rest.get(uri))
-    data = body if isinstance(body, (bytes, bytearray)) else json.dumps(body).encode()
-    return json.loads(rest.post(uri, bytes(data)))
-
-
-class OrthancLogHandler(logging.Handler):
-    """Python logging into Orthanc's log (``orthanc.LogInfo`` / ``LogWarning`` / ``LogError``)."""
-
-    def __init__(self, sdk: Any, level: int = logging.INFO) -> None:
-        super().__init__(level)
-        self._info, self._warning, self._error = sdk.LogInfo, sdk.LogWarning, sdk.LogError
-        self.setFormatter(logging.Formatter("unirg %(name)s: %(message)s"))
-
-    @classmethod
-    def install(cls, sdk: Any, level: str | int = logging.INFO) -> "OrthancLogHandler":
-        """Send the ``unirg`` loggers (only them) to Orthanc's log at ``level``."""
-        handler = cls(sdk)
-        logger = logging.getLogger("unirg")
-        logger.addHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = False
-        return handler
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = self.format(record)
-            if record.levelno >= logging.ERROR:
-                self._error(text)
-            elif record.levelno >= logging.WARNING:
-                self._warning(text)
-            else:  # shown by Orthanc with --verbose
-                self._info(text)
-        except Exception:  # never let logging break a callback
-            self.handleError(record)
-
-
-# -------------------------------------------------------------------------------------------------
-# Pure helpers
-# -------------------------------------------------------------------------------------------------
-
-def read_header(data: bytes) -> Dataset:
-    """The header of a DICOM file in memory (no pixel data)."""
-    return dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-
-
-def orthanc_path(instance_id: str) -> str:
-    """The ledger path of an Orthanc instance.
-
-    >>> orthanc_path("c012ab23-8a1223da-89f26db6-b1b045b4-33051886")
-    'orthanc:c012ab23-8a1223da-89f26db6-b1b045b4-33051886'
-    """
-    return ORTHANC_PATH_PREFIX + instance_id
-
-
-def orthanc_instance_id(path: str) -> str:
-    """The Orthanc instance ID of a ledger path written by :func:`orthanc_path`; ``ValueError`` else."""
-    if not path.startswith(ORTHANC_PATH_PREFIX):
-        raise ValueError(f"not an Orthanc instance path (expected {ORTHANC_PATH_PREFIX}<id>): {path!r}")
-    return path[len(ORTHANC_PATH_PREFIX):]
-
-
-def config_from_orthanc(orthanc_config: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
-    """unirg's :class:`Config` from Orthanc's configuration (``orthanc.GetConfiguration()``, decoded).
-
-    Its ``"Unirg"`` section may hold ``"ConfigFile"`` (a unirg.toml, read with ``UNIRG_*`` variables
-    applied) and ``"Settings"`` (``{section: {key: value}}``, applied last; ``unirg orthanc`` writes the
-    whole effective configuration there). ``[orthanc] stable_age_s`` follows Orthanc's ``StableAge``.
-    """
-    section = orthanc_config.get("Unirg") or {}
-    if not isinstance(section, Mapping):
-        raise ConfigError('Orthanc configuration: "Unirg" must be an object')
-    config = load_config(section.get("ConfigFile") or None, env=env)
-    overrides: dict[str, Any] = {}
-    for name, values in (section.get("Settings") or {}).items():
-        if not isinstance(values, Mapping):
-            raise ConfigError(f'Orthanc configuration: "Unirg"."Settings"."{name}" must be an object')
-        overrides.update({f"{name}.{key}": value for key, value in values.items()})
-    overrides["orthanc.stable_age_s"] = int(orthanc_config.get("StableAge", 60))  # 60: Orthanc's default
-    overrides["orthanc.user"] = overrides["orthanc.password"] = ""  # in-process REST needs no account
-    return apply_overrides(config, overrides)
-
-
 def mark_retrieved_prior(engine: Any, study_uid: str, for_study: str) -> None:
     """Record that ``study_uid`` is pulled into Orthanc as a prior (so it gets no draft of its own)."""
-    from unirg.plugin.assemble import _insert_ignore
-
     with engine.begin() as c:
-        c.execute(_insert_ignore(c, retrieved_priors).values(
+        c.execute(insert_ignore(c, retrieved_priors).values(
             study_uid=study_uid, for_study=for_study, retrieved_at=db_now(c)))
 
 
@@ -358,11 +197,9 @@ class ChangeRecorder:
         return None if value is None else int(value)
 
     def _save_cursor(self, seq: int) -> None:
-        from unirg.plugin.assemble import _insert_ignore
-
         with self.engine.begin() as c:
             now = db_now(c)
-            c.execute(_insert_ignore(c, plugin_state).values(key=CURSOR_KEY, value=str(seq), updated_at=now))
+            c.execute(insert_ignore(c, plugin_state).values(key=CURSOR_KEY, value=str(seq), updated_at=now))
             c.execute(plugin_state.update().where(plugin_state.c.key == CURSOR_KEY)
                       .values(value=str(seq), updated_at=now))
 
@@ -454,7 +291,7 @@ class ChangeRecorder:
         if not todo:
             return []
         touched: dict[str, None] = {}
-        with self.engine.begin() as c:
+        with self.ledger.transaction() as c:
             uids = sorted({n.info.study_uid for _, n, _ in todo})
             priors = dict(c.execute(select(retrieved_priors.c.study_uid, retrieved_priors.c.for_study)
                                     .where(retrieved_priors.c.study_uid.in_(uids))).all())
@@ -502,14 +339,6 @@ def classify_for_orthanc(header: Dataset) -> _Noted:
 # Re-running a study (POST /unirg/studies/{uid}/rerun)
 # -------------------------------------------------------------------------------------------------
 
-class RerunRefused(Exception):
-    """The study cannot be re-run now; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def _find_orthanc_study(rest: OrthancRest, study_uid: str) -> str | None:
     for hit in rest_json(rest, "/tools/lookup", study_uid.encode()):
         if hit.get("Type") == "Study":
@@ -542,188 +371,14 @@ def rerun_study(ledger: StudyLedger, queue: JobQueue, assembler: Assembler, rest
       assessed now; collecting: assessed now;
     * queued (a job is pending or running) or skipped (nothing to draft): :class:`RerunRefused`.
     """
-    from sqlalchemy import update
-
-    from unirg.plugin.assemble import studies
-
     if ledger.study(study_uid) is None:
         record_study_from_orthanc(rest, ledger, study_uid)
-    with ledger.engine.begin() as c:
-        row = c.execute(select(studies).where(studies.c.study_uid == study_uid).with_for_update()).first()
-        if row is None:
-            raise RerunRefused(f"no instance of study {study_uid} can be processed (none recorded)", 404)
-        if row.state == "queued":
-            raise RerunRefused(f"study {study_uid} is already queued (job {row.job_id}); wait for its draft")
-        if row.state == "skipped":
-            raise RerunRefused(f"study {study_uid} was skipped: {row.reason}", 422)
-        if row.state in ("done", "failed"):
-            revision = row.revision + 1
-            job_id = queue.enqueue(study_uid, revision, {"reason": reason}, conn=c)
-            c.execute(update(studies).where(studies.c.study_uid == study_uid)
-                      .values(state="queued", revision=revision, job_id=job_id, reason=reason, updated_at=db_now(c)))
-            log.info("event=study_rerun study=%s revision=%d job=%d", study_uid, revision, job_id)
-            return {"study_uid": study_uid, "revision": revision, "job_id": job_id, "state": "queued"}
+    queued = ledger.rerun(study_uid, queue, reason)
+    if queued is not None:
+        return queued
     verdict = assembler.check(study_uid, stable=True)  # collecting
     row = ledger.study(study_uid) or {}
     if verdict.state != "ready":
         raise RerunRefused(f"study {study_uid} cannot be drafted: {verdict.reason or verdict.state}", 422)
     return {"study_uid": study_uid, "revision": row.get("revision", 0), "job_id": row.get("job_id"),
             "state": row.get("state")}
-
-
-# -------------------------------------------------------------------------------------------------
-# The plugin object the entry script talks to
-# -------------------------------------------------------------------------------------------------
-
-class OrthancPlugin:
-    """unirg inside Orthanc: callbacks in, recorder thread, and the objects the routes need.
-
-    Build it with :meth:`from_orthanc_configuration` in the entry script; the callbacks
-    (:meth:`on_stored_instance`, :meth:`on_change`) never raise and never block on the database.
-    """
-
-    def __init__(self, config: Config, rest: OrthancRest, *, poll_s: float = 1.0, quiet_s: float = 0.3,
-                 max_delay_s: float = 5.0, started_at: datetime.datetime | None = None) -> None:
-        self.config = config
-        self.rest = rest
-        self.poll_s = poll_s
-        #: Ingestion first: after a wake-up the recorder waits until no instance has arrived for
-        #: ``quiet_s`` (at most ``max_delay_s``), then records everything new in batches. During a burst
-        #: Orthanc keeps the CPUs; a study is still queued within a fraction of a second of its last image.
-        self.quiet_s = quiet_s
-        self.max_delay_s = max_delay_s
-        self._last_stored = 0.0
-        self.engine = make_engine(config.queue_url)
-        q = config.queue
-        self.queue = JobQueue(self.engine, lease_s=q.lease_s, max_attempts=q.max_attempts,
-                              backoff_base_s=q.backoff_base_s, backoff_max_s=q.backoff_max_s)
-        self.ledger = StudyLedger(self.engine, late_policy=config.assembly.late_policy)
-        stable = config.orthanc.stable_age_s
-        self.assembly = replace(config.assembly,
-                                inactivity_timeout_s=max(config.assembly.inactivity_timeout_s, 2.0 * stable),
-                                sweep_interval_s=max(config.assembly.sweep_interval_s, 1.0))
-        self.assembler = Assembler(self.ledger, self.queue, self.assembly)
-        self.recorder = ChangeRecorder(self.ledger, self.assembler, rest, started_at=started_at)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._schema_ready = False
-        self._schema_lock = threading.Lock()
-
-    @classmethod
-    def from_orthanc_configuration(cls, orthanc_config: Mapping[str, Any], rest: OrthancRest,
-                                   **kw: Any) -> "OrthancPlugin":
-        return cls(config_from_orthanc(orthanc_config), rest, **kw)
-
-    # -- callbacks ------------------------------------------------------------------------------------
-    def on_stored_instance(self, instance_id: str, calling_ae: str = "") -> None:
-        """Stored-instance callback (inside Orthanc's C-STORE / REST store): note the ID and wake the
-        recorder. Nothing is read or parsed here: it would slow ingestion. Never raises."""
-        try:
-            self.recorder.note(instance_id, calling_ae)
-            self._last_stored = time.monotonic()
-            self._wake.set()
-        except Exception:  # pragma: no cover - the change log still has the instance
-            log.exception("event=stored_callback_error id=%s", instance_id)
-
-    def on_change(self, change_type: str, resource_id: str = "") -> None:
-        """Change callback (Orthanc's single change thread): wake or start/stop. Never raises."""
-        try:
-            if change_type == STABLE_STUDY:
-                self._wake.set()
-            elif change_type == ORTHANC_STARTED:
-                self.start()
-            elif change_type == ORTHANC_STOPPED:
-                self.stop()
-        except Exception:
-            log.exception("event=change_callback_error change=%s", change_type)
-
-    # -- life cycle -----------------------------------------------------------------------------------
-    def ensure_schema(self) -> None:
-        """Create unirg's tables if missing (first use, from the recorder thread or a route)."""
-        with self._schema_lock:
-            if not self._schema_ready:
-                if self.config.queue_url.startswith("sqlite"):
-                    self.config.data_dir.mkdir(parents=True, exist_ok=True)
-                self.queue.create_schema()
-                self.ledger.create_schema()
-                create_schema(self.engine)
-                self._schema_ready = True
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="unirg-recorder", daemon=True)
-        self._thread.start()
-        log.info("event=plugin_started queue=%s expected_views=%s stable_age_s=%d backstop_s=%g",
-                 self.config.queue_url.split("@")[-1], ",".join(self.assembly.expected_views),
-                 self.config.orthanc.stable_age_s, self.assembly.inactivity_timeout_s)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self.engine.dispose()
-        log.info("event=plugin_stopped")
-
-    def _run(self) -> None:
-        next_sweep = 0.0
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self.ensure_schema()
-                while self.recorder.step():
-                    if self._stop.is_set():
-                        return
-                if time.monotonic() >= next_sweep:
-                    self.assembler.sweep()
-                    next_sweep = time.monotonic() + self.assembly.sweep_interval_s
-                failures = 0
-            except Exception as exc:  # Orthanc or the database briefly unavailable: retry, backing off
-                failures += 1
-                self.recorder.stats.errors += 1
-                self.recorder.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("event=recorder_error failures=%d", failures)
-                self._stop.wait(min(0.5 * 2 ** min(failures, 6), 30.0))
-                continue
-            if self._wake.wait(self.poll_s):
-                self._wait_for_quiet()
-            self._wake.clear()
-
-    def _wait_for_quiet(self) -> None:
-        """Let a burst of C-STOREs finish before recording it (bounded by ``max_delay_s``)."""
-        deadline = time.monotonic() + self.max_delay_s
-        while not self._stop.is_set():
-            now = time.monotonic()
-            wait = min(self._last_stored + self.quiet_s, deadline) - now
-            if wait <= 0:
-                return
-            self._stop.wait(wait)
-
-    def status(self) -> dict[str, Any]:
-        """The recorder's state for ``GET /unirg/status``."""
-        s = self.recorder.stats
-        try:
-            cursor = self.recorder.cursor()
-        except Exception:
-            cursor = None
-        return {
-            "running": self._thread is not None and self._thread.is_alive(),
-            "change_cursor": cursor,
-            "noted_not_recorded": self.recorder.backlog,
-            "changes_read": s.changes,
-            "instances_recorded": s.recorded,
-            "own_drafts_ignored": s.ignored_own,
-            "unreadable_ignored": s.unreadable,
-            "headers_read": s.headers_read,
-            "stable_studies": s.stable_checks,
-            "errors": s.errors,
-            "last_error": s.last_error,
-            "expected_views": list(self.assembly.expected_views),
-            "stable_age_s": self.config.orthanc.stable_age_s,
-            "backstop_timeout_s": self.assembly.inactivity_timeout_s,
-            "late_policy": self.assembly.late_policy,
-        }

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from sqlalchemy import select
 
-from unirg.plugin.orthanc_events import RerunRefused, RestError, rerun_study, rest_json
-from unirg.plugin.queue import jobs as jobs_table
+from unirg.plugin.assemble import RerunRefused
+from unirg.plugin.orthanc.recorder import rerun_study
+from unirg.plugin.orthanc.rest import RestError, rest_json
 from unirg.sr_writer import RESEARCH_LABEL, read_report
 
 __all__ = ["PATTERNS", "Response", "Routes", "draft_text"]
@@ -96,14 +96,18 @@ def draft_text(study_uid: str, draft: Mapping[str, Any]) -> str:
 class Routes:
     """The ``/unirg/`` routes over a plugin's queue, ledger, assembler and Orthanc REST access.
 
-    ``plugin`` is an :class:`unirg.plugin.orthanc_events.OrthancPlugin` (or anything with ``queue``,
+    ``plugin`` is an :class:`unirg.plugin.orthanc.events.OrthancPlugin` (or anything with ``queue``,
     ``ledger``, ``assembler``, ``rest`` and ``status()``). ``authentication``: whether Orthanc
     authenticates HTTP requests (its ``AuthenticationEnabled``); without it the POST routes answer 403.
+    ``viewer_url``: the viewer whose draft-review link the draft JSON carries (default: the plugin's
+    ``[viewer] url``; empty: no link).
     """
 
-    def __init__(self, plugin: Any, *, authentication: bool = False) -> None:
+    def __init__(self, plugin: Any, *, authentication: bool = False, viewer_url: str | None = None) -> None:
         self.plugin = plugin
         self.authentication = authentication
+        config = getattr(plugin, "config", None)
+        self.viewer_url = viewer_url if viewer_url is not None else (config.viewer.url if config else "")
         self._table: list[tuple[re.Pattern[str], str, Callable[..., Response]]] = [
             (re.compile("^/unirg/?$"), "GET", self.index),
             (re.compile("^/unirg/status$"), "GET", self.status),
@@ -176,6 +180,24 @@ class Routes:
             return dcmread(local), None
         raise RestError(f"SR {sop}", "not in Orthanc (deleted?) and no local copy here", not_found=True)
 
+    def _viewer_link(self, study_uid: str, sr: Any) -> str:
+        """The draft-review OHIF link (``[viewer] url``), with the prior the draft compared with when
+        Orthanc holds it (the most recent one referenced in the SR's PertinentOtherEvidenceSequence)."""
+        from unirg.plugin.viewer import study_viewer_url
+
+        dated = []
+        for item in sr.get("PertinentOtherEvidenceSequence") or []:
+            uid = str(item.get("StudyInstanceUID", ""))
+            if not uid or uid == study_uid:
+                continue
+            for hit in rest_json(self.plugin.rest, "/tools/lookup", uid.encode()):
+                if hit.get("Type") == "Study":
+                    tags = rest_json(self.plugin.rest, f"/studies/{hit['ID']}").get("MainDicomTags") or {}
+                    dated.append((str(tags.get("StudyDate", "")), uid))
+        prior = max(dated)[1] if dated else None
+        return study_viewer_url(self.viewer_url, study_uid, str(sr.SeriesInstanceUID),
+                                prior_study_uid=prior)
+
     # -- routes -----------------------------------------------------------------------------------
     def index(self, *, get: Mapping[str, str], body: bytes) -> Response:
         return Response.json({
@@ -209,14 +231,8 @@ class Routes:
             limit = min(max(int(get.get("limit", 50)), 1), 1000)
         except ValueError:
             return Response.error(400, f"limit must be a number, got {get.get('limit')!r}")
-        query = select(jobs_table.c.id).order_by(jobs_table.c.id.desc()).limit(limit)
-        if get.get("state"):
-            query = query.where(jobs_table.c.state == get["state"])
-        if get.get("study"):
-            query = query.where(jobs_table.c.study_uid == self._study_uid(get["study"]))
-        with self.plugin.queue.engine.connect() as c:
-            ids = [r.id for r in c.execute(query)]
-        found = [self.plugin.queue.get(i) for i in ids]
+        found = self.plugin.queue.list_jobs(state=get.get("state") or None, limit=limit,
+                                            study_uid=self._study_uid(get["study"]) if get.get("study") else None)
         return Response.json({"jobs": [self._job_summary(j) for j in found if j]})
 
     def job(self, job_id: str, *, get: Mapping[str, str], body: bytes) -> Response:
@@ -263,6 +279,8 @@ class Routes:
             "disclaimer": report.disclaimer,
             "priors": result.get("priors"),
         }
+        if self.viewer_url:
+            summary["draft"]["viewer"] = self._viewer_link(study_uid, sr)
         return study_uid, summary
 
     def draft(self, ident: str, *, get: Mapping[str, str], body: bytes) -> Response:
