@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA bundle (PEM) for TLS.")
 @click.option("--model", type=click.Path(), help="Report model checkpoint ([model] path).")
 @click.option("--demo-model", is_flag=True, default=None, help="Draft with the synthetic demo model (demo/tests).")
+@click.option("--trust-remote-code", is_flag=True, default=None,
+              help="Run Python code shipped in the model checkpoint (MAIRA-2 needs it; [model] trust_remote_code).")
 @click.option("--queue-url", help="Queue database URL (default: SQLite in the data dir).")
 @click.option("--receive-port", type=int, help="Also accept pushed studies by STOW-RS on this port "
               "(account: [dicomweb] receive_user / UNIRG_DICOMWEB_RECEIVE_PASSWORD).")
@@ -43,14 +45,14 @@ log = logging.getLogger(__name__)
 @click.option("--once", is_flag=True, help="Poll once, draft what is ready, exit (scripts, tests).")
 def dicomweb(config_path: str | None, url: str | None, data_dir: str | None, since: str | None,
              poll_s: float | None, stable_age: float | None, user: str | None, token_env: str | None,
-             ca_bundle: str | None, model: str | None, demo_model: bool | None, queue_url: str | None,
-             receive_port: int | None, no_worker: bool, once: bool) -> None:
+             ca_bundle: str | None, model: str | None, demo_model: bool | None, trust_remote_code: bool | None,
+             queue_url: str | None, receive_port: int | None, no_worker: bool, once: bool) -> None:
     """Watch a DICOMweb archive by QIDO-RS; draft its chest CR/DX studies; store the SR by STOW-RS."""
     cfg = config_from(config_path, {
         "dicomweb.url": url, "listener.data_dir": data_dir, "dicomweb.since": since, "dicomweb.poll_s": poll_s,
         "dicomweb.stable_age_s": stable_age, "dicomweb.user": user, "dicomweb.token_env": token_env,
         "dicomweb.ca_bundle": ca_bundle, "model.path": model, "model.demo_model": demo_model,
-        "queue.url": queue_url, "dicomweb.receive_port": receive_port,
+        "model.trust_remote_code": trust_remote_code, "queue.url": queue_url, "dicomweb.receive_port": receive_port,
     })
     setup_logging(cfg.logging)
     if not cfg.dicomweb.url:

@@ -63,7 +63,7 @@ def test_config_opt_in_reaches_the_model_watcher(tmp_path):
         model_source(maira).current()
 
 
-@pytest.mark.parametrize("command", [["draft"], ["listen"], ["worker"], ["orthanc"]])
+@pytest.mark.parametrize("command", [["draft"], ["listen"], ["worker"], ["orthanc"], ["dicomweb"]])
 def test_commands_that_load_a_model_take_the_opt_in_flag(command):
     from unirg.plugin.cli import main
 
