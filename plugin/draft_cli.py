@@ -14,12 +14,17 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from pydicom.dataset import Dataset
 
 from unirg.plugin.paths import path_under, safe_component
 from unirg.plugin.pipeline import DEFAULT_MODEL_ENV, default_model_path
+
+if TYPE_CHECKING:
+    from unirg.plugin.prior_policy import PriorCandidate
+    from unirg.plugin.priors.core import PriorStudy
 
 __all__ = ["DEFAULT_MODEL_ENV", "PriorIndex", "default_model_path", "draft", "read_study_files"]
 
@@ -194,13 +199,39 @@ class PriorIndex:
     def study_count(self) -> int:
         return sum(len(studies) for studies in self.patients.values())
 
+    def _read(self, candidate: PriorCandidate) -> PriorStudy | None:
+        """The indexed study of ``candidate`` read in full as a ``PriorStudy``; ``None`` when it has no
+        readable CR/DX image (not a prior chest radiograph)."""
+        from pydicom import dcmread
+
+        from unirg.plugin.prior_policy import choose_report
+        from unirg.plugin.priors.core import PriorStudy
+
+        indexed: _IndexedStudy = candidate.data
+        if not indexed.images:
+            return None
+        images, reports = [], []
+        for file in indexed.images + indexed.reports:
+            try:
+                ds = dcmread(file)
+            except Exception as exc:  # noqa: BLE001 - read when indexed, but a file can change
+                log.warning("prior file %s not read: %s", file, exc)
+                continue
+            (reports if file in indexed.reports else images).append(ds)
+        if not images:
+            return None
+        prior = PriorStudy(study_uid=indexed.uid, study_date=indexed.date, study_time=indexed.time,
+                           accession_number=indexed.accession, images=images, report=choose_report(reports))
+        log.info("event=prior_retrieved prior=%s source=%s images=%d srs=%d report=%s", indexed.uid,
+                 self.root, len(images), len(reports),
+                 prior.report.SOPInstanceUID if prior.report is not None else None)
+        return prior
+
     def priors(self, current: list[Dataset]) -> tuple[list, str | None]:
         """``(prior studies, why none)`` for the study of ``current``: :class:`PriorStudy` objects, most
         recent first."""
-        from pydicom import dcmread
-
-        from unirg.plugin.prior_policy import PriorCandidate, choose_report, rank_prior_studies
-        from unirg.plugin.priors.core import PriorStudy, PriorsUnavailable, current_patient
+        from unirg.plugin.prior_policy import PriorCandidate, rank_prior_studies
+        from unirg.plugin.priors.core import PriorsUnavailable, current_patient, load_ranked
 
         try:
             patient_id, current_study = current_patient(current)
@@ -212,29 +243,7 @@ class PriorIndex:
         ranked = rank_prior_studies(
             (PriorCandidate(s.uid, s.date, s.time, frozenset(s.modalities), s) for s in known.values()),
             current_study, len(known), self.max_age or None)
-        priors: list[PriorStudy] = []
-        for candidate in ranked:
-            if len(priors) >= self.max_priors:
-                break
-            indexed: _IndexedStudy = candidate.data
-            if not indexed.images:
-                continue  # no CR/DX image: not a prior chest radiograph
-            images, reports = [], []
-            for file in indexed.images + indexed.reports:
-                try:
-                    ds = dcmread(file)
-                except Exception as exc:  # noqa: BLE001 - read when indexed, but a file can change
-                    log.warning("prior file %s not read: %s", file, exc)
-                    continue
-                (reports if file in indexed.reports else images).append(ds)
-            if not images:
-                continue
-            prior = PriorStudy(study_uid=indexed.uid, study_date=indexed.date, study_time=indexed.time,
-                               accession_number=indexed.accession, images=images, report=choose_report(reports))
-            log.info("event=prior_retrieved prior=%s source=%s images=%d srs=%d report=%s", indexed.uid,
-                     self.root, len(images), len(reports),
-                     prior.report.SOPInstanceUID if prior.report is not None else None)
-            priors.append(prior)
+        priors = load_ranked(ranked, self._read, max_priors=self.max_priors)
         if not priors:
             return [], f"no earlier CR/DX study of patient {patient_id!r} in {self.root}"
         return priors, None

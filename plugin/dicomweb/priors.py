@@ -13,7 +13,6 @@ trouble the result's ``reason`` says why and the draft is made without (some) pr
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ from unirg.plugin.prior_policy import (
     rank_prior_studies,
     study_date_range,
 )
-from unirg.plugin.priors.core import PriorSource, PriorStudy, PriorsResult, current_patient
+from unirg.plugin.priors.core import PriorSource, PriorStudy, PriorsResult, current_patient, load_ranked
 
 __all__ = ["DicomWebPriors"]
 
@@ -75,23 +74,8 @@ class DicomWebPriors(PriorSource):
         cur_date = current_study.study_date
         chosen = rank_prior_studies(self._candidates(patient_id, cur_date).values(), current_study,
                                     self.config.max_priors, self.config.max_age)
-        priors = PriorsResult()
-        problems: list[str] = []
-        for cand in chosen:
-            if time.monotonic() > deadline:
-                problems.append(f"total_timeout_s ({self.config.total_timeout_s:g} s) reached after "
-                                f"{len(priors)} prior(s)")
-                break
-            try:
-                prior = self._load(cand)
-            except DicomWebError as exc:
-                problems.append(f"prior {cand.study_uid}: {exc}")
-                continue
-            if prior is not None:
-                priors.append(prior)
-        if problems:
-            priors.reason = "; ".join(problems)
-        return priors
+        return load_ranked(chosen, self._load, max_priors=self.config.max_priors, deadline=deadline,
+                           timeout_s=self.config.total_timeout_s, errors=(DicomWebError,))
 
     def _load(self, cand: PriorCandidate) -> PriorStudy | None:
         uid = cand.study_uid

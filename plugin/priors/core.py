@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from pydicom import Dataset
 from unirg.plugin.config import PriorsConfig
 from unirg.plugin.prior_policy import PriorCandidate
 
-__all__ = ["PriorSource", "PriorStudy", "PriorsResult", "PriorsUnavailable", "current_patient"]
+__all__ = ["PriorSource", "PriorStudy", "PriorsResult", "PriorsUnavailable", "current_patient", "load_ranked"]
 
 log = logging.getLogger("unirg.plugin.priors")
 
@@ -81,6 +81,41 @@ def current_patient(current: Sequence[Dataset]) -> tuple[str, PriorCandidate]:
         raise PriorsUnavailable("current study has no PatientID")
     return patient_id, PriorCandidate(str(head.get("StudyInstanceUID", "")), str(head.get("StudyDate", "") or ""),
                                       str(head.get("StudyTime", "") or ""))
+
+
+def load_ranked(
+    ranked: Iterable[PriorCandidate],
+    load: Callable[[PriorCandidate], PriorStudy | None],
+    *,
+    max_priors: int,
+    deadline: float = float("inf"),
+    timeout_s: float = 0.0,
+    errors: tuple[type[Exception], ...] = (),
+    label: Callable[[PriorCandidate], str] = lambda cand: f"prior {cand.study_uid}",
+    problems: Sequence[str] = (),
+) -> PriorsResult:
+    """Load ``ranked`` candidates (most recent first) until ``max_priors`` are loaded or ``deadline``
+    (``time.monotonic()``) passes. ``load`` returns ``None`` for a candidate that is no prior chest
+    radiograph; one whose load raises one of ``errors`` is noted and skipped. The notes, after the given
+    ``problems`` (e.g. a failed C-FIND), make the result's ``reason``."""
+    notes = list(problems)
+    priors = PriorsResult()
+    for cand in ranked:
+        if len(priors) >= max_priors:
+            break
+        if time.monotonic() > deadline:
+            notes.append(f"total_timeout_s ({timeout_s:g} s) reached after {len(priors)} prior(s)")
+            break
+        try:
+            prior = load(cand)
+        except errors as exc:
+            notes.append(f"{label(cand)}: {exc}")
+            continue
+        if prior is not None:
+            priors.append(prior)
+    if notes:
+        priors.reason = "; ".join(notes)
+    return priors
 
 
 class PriorSource:

@@ -43,7 +43,14 @@ from unirg.plugin.prior_policy import (
     rank_prior_studies,
     study_date_range,
 )
-from unirg.plugin.priors.core import PriorSource, PriorStudy, PriorsResult, PriorsUnavailable, current_patient
+from unirg.plugin.priors.core import (
+    PriorSource,
+    PriorStudy,
+    PriorsResult,
+    PriorsUnavailable,
+    current_patient,
+    load_ranked,
+)
 from unirg.plugin.receive import IMAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 
 __all__ = ["LocalPriors", "PriorsFetcher"]
@@ -208,14 +215,9 @@ class PriorsFetcher(PriorSource):
                     for ident in self._find(assoc, query)
                 ]
                 chosen = rank_prior_studies(candidates, current_study, self.config.max_priors, self.config.max_age)
-                priors = PriorsResult()
-                for cand in chosen:
-                    ident = cand.data
-                    if time.monotonic() > deadline:
-                        priors.reason = (f"total_timeout_s ({self.config.total_timeout_s:g} s) reached "
-                                         f"after {len(priors)} prior(s)")
-                        break
-                    priors.append(self._one_prior(assoc, ident, bucket))
+                priors = load_ranked(chosen, lambda cand: self._one_prior(assoc, cand.data, bucket),
+                                     max_priors=self.config.max_priors, deadline=deadline,
+                                     timeout_s=self.config.total_timeout_s)
                 assoc.release()
                 return priors
             except BaseException:

@@ -30,7 +30,7 @@ from unirg.plugin.prior_policy import (
     rank_prior_studies,
     study_date_range,
 )
-from unirg.plugin.priors.core import PriorSource, PriorStudy, PriorsResult, current_patient
+from unirg.plugin.priors.core import PriorSource, PriorStudy, PriorsResult, current_patient, load_ranked
 
 __all__ = ["OrthancPriors"]
 
@@ -122,25 +122,10 @@ class OrthancPriors(PriorSource):
              for c in candidates.values()),
             current_study, len(candidates), self.config.max_age)
 
-        priors = PriorsResult()
-        for ranked_cand in ranked:
-            cand = ranked_cand.data
-            if len(priors) >= self.config.max_priors:
-                break
-            if time.monotonic() > deadline:
-                problems.append(f"total_timeout_s ({self.config.total_timeout_s:g} s) reached after "
-                                f"{len(priors)} prior(s)")
-                break
-            try:
-                prior = self._load(cand, cur_uid, deadline)
-            except OrthancError as exc:
-                problems.append(f"prior {cand['uid']} from {cand['source']}: {exc}")
-                continue
-            if prior is not None:
-                priors.append(prior)
-        if problems:
-            priors.reason = "; ".join(problems)
-        return priors
+        return load_ranked(
+            ranked, lambda cand: self._load(cand.data, cur_uid, deadline), max_priors=self.config.max_priors,
+            deadline=deadline, timeout_s=self.config.total_timeout_s, errors=(OrthancError,),
+            label=lambda cand: f"prior {cand.study_uid} from {cand.data['source']}", problems=problems)
 
     # -- loading ------------------------------------------------------------------------------------
     def _own_aet_title(self) -> str:
