@@ -153,10 +153,6 @@ class PreparedStudy:
         return self.study_input.study_uid
 
 
-def _is_sr(ds: Dataset) -> bool:
-    return is_sr(ds)
-
-
 def _when(ds: Dataset) -> str:
     return when(ds.get("StudyDate", ""), ds.get("StudyTime", ""))
 
@@ -182,9 +178,7 @@ def prior_report(
         return format_target(report.findings, report.impression), "text", None
     readable = []
     given = [report] if isinstance(report, Dataset) and is_human_report(report) else []
-    for ds in given or [ds for ds in objects if _is_sr(ds)]:
-        if not is_human_report(ds):
-            continue
+    for ds in given or [ds for ds in objects if is_sr(ds) and is_human_report(ds)]:
         try:
             readable.append((ds, read_report(ds)))
         except ValueError as exc:  # not a readable report: ignore it
@@ -218,13 +212,13 @@ def _choose_prior(
     priors: Sequence[Prior], current: Sequence[Dataset]
 ) -> tuple[Prior | None, ViewSelection | None]:
     """The most recent usable prior: same patient, an earlier study, a frontal image."""
-    first = next((ds for ds in current if not _is_sr(ds)), current[0] if current else None)
+    first = next((ds for ds in current if not is_sr(ds)), current[0] if current else None)
     current_uid = str(first.get("StudyInstanceUID", "")) if first is not None else ""
     patient = str(first.get("PatientID", "")) if first is not None else ""
     now = _when(first) if first is not None and first.get("StudyDate") else None
     dated = []
     for prior in priors:
-        images = [ds for ds in prior.images if not _is_sr(ds)]
+        images = [ds for ds in prior.images if not is_sr(ds)]
         if not images:
             continue
         uid = str(images[0].get("StudyInstanceUID", ""))

@@ -166,7 +166,7 @@ class SRStore:
         refused = [str(d) for d in targets if d not in allowed]
         if refused:
             raise DestinationNotAllowed(f"{', '.join(refused)} not in [store] destinations "
-                                        f"({', '.join(map(str, self.destinations)) or 'empty'}); nothing sent")
+                                        f"({', '.join(map(str, allowed)) or 'empty'}); nothing sent")
         path = self.keep_local(sr)
         outcome = StoreOutcome(local_path=path)
         errors = []
