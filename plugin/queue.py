@@ -59,7 +59,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-__all__ = ["Job", "JobQueue", "QueueCounts", "make_engine", "db_now", "insert_ignore", "JOB_STATES"]
+__all__ = ["Job", "JobQueue", "QueueCounts", "make_engine", "db_now", "insert_ignore", "upsert", "JOB_STATES"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,14 @@ def insert_ignore(conn: Connection, table: Table) -> Any:
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert(table).on_conflict_do_nothing()
+
+
+def upsert(conn: Connection, table: Table, key: dict[str, Any], values: dict[str, Any],
+           on_insert: dict[str, Any] | None = None) -> None:
+    """Set ``values`` on the row of ``table`` with primary ``key``, inserting it first (with ``on_insert``
+    as well) when it is not there; SQLite and PostgreSQL alike, safe against a concurrent insert."""
+    conn.execute(insert_ignore(conn, table).values({**key, **(on_insert or {}), **values}))
+    conn.execute(table.update().where(*(table.c[k] == v for k, v in key.items())).values(**values))
 
 
 def db_now(conn: Connection) -> float:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, select, update
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, select
 
 from unirg.plugin.assemble import Assembler, StudyLedger, classify_instance
 from unirg.plugin.dicomweb.client import (
@@ -41,7 +41,7 @@ from unirg.plugin.dicomweb.client import (
 )
 from unirg.plugin.paths import UnsafePath, safe_component
 from unirg.plugin.prior_policy import IMAGE_MODALITIES
-from unirg.plugin.queue import db_now, insert_ignore
+from unirg.plugin.queue import db_now, upsert
 
 __all__ = ["DicomWebWatcher", "PollStats", "dicomweb_path", "parse_dicomweb_path", "create_schema", "MAX_BACKOFF_S"]
 
@@ -153,9 +153,7 @@ class DicomWebWatcher:
     def _put(self, key: str, value: str) -> None:
         with self.engine.begin() as c:
             now = db_now(c)
-            c.execute(insert_ignore(c, state).values(archive=self.archive, key=key, value=value, updated_at=now))
-            c.execute(update(state).where(state.c.archive == self.archive, state.c.key == key)
-                      .values(value=value, updated_at=now))
+            upsert(c, state, {"archive": self.archive, "key": key}, {"value": value, "updated_at": now})
 
     def watermark(self) -> str:
         """The StudyDate (YYYYMMDD) polls start from: ``since`` (or today) on first use, or when ``since`` is
@@ -174,10 +172,8 @@ class DicomWebWatcher:
     def _save_seen(self, study_uid: str, **values: Any) -> None:
         with self.engine.begin() as c:
             now = db_now(c)
-            c.execute(insert_ignore(c, seen).values(archive=self.archive, study_uid=study_uid, changed_at=now,
-                                                     updated_at=now, state="watching"))
-            c.execute(update(seen).where(seen.c.archive == self.archive, seen.c.study_uid == study_uid)
-                      .values(updated_at=now, **values))
+            upsert(c, seen, {"archive": self.archive, "study_uid": study_uid}, {"updated_at": now, **values},
+                   on_insert={"changed_at": now, "state": "watching"})
 
     # -- one poll ---------------------------------------------------------------------------------
     def _studies(self, since: str) -> dict[str, dict[str, Any]]:

@@ -53,7 +53,7 @@ from sqlalchemy import Column, Float, MetaData, String, Table, Text, select
 from unirg.plugin.assemble import Assembler, InstanceInfo, RerunRefused, StudyLedger, classify_instance
 from unirg.plugin.orthanc.rest import OrthancRest, RestError, orthanc_path, read_header, rest_json
 from unirg.plugin.prior_policy import is_own_draft
-from unirg.plugin.queue import JobQueue, db_now, insert_ignore
+from unirg.plugin.queue import JobQueue, db_now, insert_ignore, upsert
 
 __all__ = [
     "create_schema",
@@ -199,9 +199,7 @@ class ChangeRecorder:
     def _save_cursor(self, seq: int) -> None:
         with self.engine.begin() as c:
             now = db_now(c)
-            c.execute(insert_ignore(c, plugin_state).values(key=CURSOR_KEY, value=str(seq), updated_at=now))
-            c.execute(plugin_state.update().where(plugin_state.c.key == CURSOR_KEY)
-                      .values(value=str(seq), updated_at=now))
+            upsert(c, plugin_state, {"key": CURSOR_KEY}, {"value": str(seq), "updated_at": now})
 
     def _first_cursor(self, last: int) -> int:
         """First start: changes older than the plugin are history. Returns the cursor to start from."""
