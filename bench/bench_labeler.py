@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unirg.trainer.labeler import label_report, report_text
-from unirg.trainer.labeler import phrases as P
+from unirg.model.labeler import label_report, report_text
+from unirg.model.labeler import phrases as P
 from unirg.trainer.synth.institutions import INSTITUTIONS
 from unirg.trainer.synth.patients import make_patient
 from unirg.trainer.synth.report import write_report
@@ -82,14 +82,14 @@ def rate(fn, texts: list[str], repeats: int) -> float:
 def labeler_at(rev: str, tmp: str):
     """``label_report`` of the labeler committed at ``rev`` (read with ``git show``, imported from ``tmp``)."""
     root = Path(__file__).resolve().parents[1]
-    files = subprocess.run(["git", "ls-tree", "--name-only", rev, "trainer/labeler/"], cwd=root, check=True,
+    files = subprocess.run(["git", "ls-tree", "--name-only", rev, "model/labeler/"], cwd=root, check=True,
                            capture_output=True, text=True).stdout.split()
     package = Path(tmp) / "labeler_at_rev"
     package.mkdir()
     for name in files:
         text = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=root, check=True, capture_output=True,
                               text=True).stdout
-        (package / Path(name).name).write_text(text.replace("unirg.trainer.labeler", "labeler_at_rev"))
+        (package / Path(name).name).write_text(text.replace("unirg.model.labeler", "labeler_at_rev"))
     sys.path.insert(0, tmp)
     return importlib.import_module("labeler_at_rev").label_report
 

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-models", action="store_true", help="Only the model-free components.")
     args = parser.parse_args(argv)
 
-    from unirg.trainer.labeler import label_report
+    from unirg.model.labeler import label_report
     from unirg.trainer.rewards import MODEL_FREE, build_component, clinical
 
     pairs = make_pairs(args.pairs, args.seed)

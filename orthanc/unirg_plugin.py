@@ -60,7 +60,8 @@ def on_change(change_type, level, resource_id):
 
 
 def on_rest(output, uri, **request):
-    answer = routes.handle(request.get("method", "GET"), uri, request.get("get"), request.get("body") or b"")
+    answer = routes.handle(request.get("method", "GET"), uri, request.get("get"), request.get("body") or b"",
+                           request.get("headers"))
     if answer.status == 200:
         output.AnswerBuffer(answer.body, answer.content_type)
     elif answer.status == 405:

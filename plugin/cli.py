@@ -7,6 +7,7 @@ import click
 from unirg.plugin.demo import demo
 from unirg.plugin.dicomweb_cli import dicomweb
 from unirg.plugin.draft_cli import draft
+from unirg.plugin.feedback_cli import feedback
 from unirg.plugin.listen_cli import listen, status, worker
 from unirg.plugin.orthanc_cli import orthanc
 from unirg.plugin.viewer import viewer
@@ -42,3 +43,4 @@ main.add_command(status)
 main.add_command(orthanc)
 main.add_command(demo)
 main.add_command(dicomweb)
+main.add_command(feedback)

@@ -4,7 +4,8 @@ Three layers, later ones win:
 
 1. the defaults below (every field carries a ``doc`` in its metadata; ``example_toml()`` prints them all),
 2. a TOML file (``unirg.toml``) with one table per section: ``[listener]``, ``[tls]``, ``[assembly]``,
-   ``[queue]``, ``[priors]``, ``[store]``, ``[worker]``, ``[model]``, ``[logging]``, ``[orthanc]``, ``[dicomweb]``,
+   ``[queue]``, ``[priors]``, ``[store]``, ``[worker]``, ``[model]``, ``[logging]``, ``[viewer]``, ``[feedback]``,
+   ``[orthanc]``, ``[dicomweb]``,
 3. environment variables ``UNIRG_<SECTION>_<KEY>`` (e.g. ``UNIRG_LISTENER_PORT=11113``,
    ``UNIRG_QUEUE_URL=postgresql://...``); lists are comma-separated, booleans 1/0/true/false/yes/no.
 
@@ -36,6 +37,7 @@ __all__ = [
     "ModelConfig",
     "LoggingConfig",
     "ViewerConfig",
+    "FeedbackConfig",
     "OrthancConfig",
     "DicomWebConfig",
     "Config",
@@ -344,6 +346,23 @@ class ViewerConfig:
             raise ConfigError(f"viewer.url: {self.url!r}; use an http:// or https:// URL")
 
 
+@dataclass
+class FeedbackConfig:
+    """``[feedback]``: the feedback loop, signed final reports paired with drafts (``unirg feedback``)."""
+
+    enabled: bool = _doc(
+        "Workers pair each signed final report SR that arrives with the study's draft, between jobs. Off: "
+        "nothing is paired (arrivals are still noted, and paired once it is turned back on).",
+        True,
+    )
+    embedding: bool = _doc(
+        "Score each pair's embedding similarity with the shipped sentence model (all-MiniLM-L6-v2: ~0.5 GB "
+        "and ~8 s to load in every worker process, on its first pair). Off: embedding_similarity is stored "
+        "as null, and `unirg feedback` says so; labels, BLEU-2 and ROUGE-L are still computed.",
+        True,
+    )
+
+
 from unirg.plugin.config_sources import DicomWebConfig, OrthancConfig  # noqa: E402
 
 
@@ -358,6 +377,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "logging": LoggingConfig,
     "viewer": ViewerConfig,
+    "feedback": FeedbackConfig,
     "orthanc": OrthancConfig,
     "dicomweb": DicomWebConfig,
 }
@@ -377,6 +397,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     orthanc: OrthancConfig = field(default_factory=OrthancConfig)
     dicomweb: DicomWebConfig = field(default_factory=DicomWebConfig)
 

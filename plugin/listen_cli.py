@@ -147,15 +147,45 @@ def recent_drafts(services: Services, limit: int = 10) -> list[dict[str, Any]]:
             for j in services.queue.list_jobs(state="done", limit=limit)]
 
 
+def serve_status(services: Services, host: str, port: int) -> None:
+    """``unirg status --serve``: the status page and /metrics until SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    from unirg.plugin.monitor.server import MonitorServer
+    from unirg.plugin.monitor.snapshot import read_snapshot
+
+    stop = threading.Event()
+    server = MonitorServer(lambda: read_snapshot(services.queue.engine), host, port).start()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo(f"unirg status: serving {server.url} (page), {server.url}metrics (Prometheus)")
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        services.close()
+
+
 @click.command("status")
 @_config_opt
 @_data_dir_opt
 @_queue_opt
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(config_path: str | None, data_dir: str | None, queue_url: str | None, as_json: bool) -> None:
+@click.option("--serve", "serve_port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve the status page (/) and Prometheus metrics (/metrics) on PORT (0: a free one) "
+                   "until SIGINT/SIGTERM, instead of printing.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address for --serve (no authentication: keep it on loopback or behind a proxy).")
+def status(config_path: str | None, data_dir: str | None, queue_url: str | None, as_json: bool,
+           serve_port: int | None, host: str) -> None:
     """Queue depth, jobs in flight, done, failed (with reasons), skipped studies."""
     cfg = config_from(config_path, {"listener.data_dir": data_dir, "queue.url": queue_url})
     services = open_services(cfg)
+    if serve_port is not None:
+        serve_status(services, host, serve_port)
+        return
     try:
         report = status_report(services)
     finally:

@@ -33,6 +33,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from unirg.plugin.assemble import IMAGE_SOP_CLASSES, Assembler, StudyLedger, classify_instance
 from unirg.plugin.config import Config, ListenerConfig, TLSConfig
+from unirg.plugin.feedback.capture import note_final
 from unirg.plugin.paths import path_under, safe_component
 from unirg.sr_writer.io import write_bytes_atomic
 
@@ -201,7 +202,13 @@ class InstanceSink:
         rel = self.relative_path(info.study_uid, info.sop_instance_uid)
         write_bytes_atomic(path_under(self.data_dir, *rel.split("/")), raw)
         calling_ae = str(event.assoc.requestor.ae_title)
-        status = self.ledger.record_instance(info, rel, calling_ae)
+        if info.modality.upper() == "SR":  # a report: noted for the feedback loop along with its record
+            with self.ledger.transaction() as c:
+                status = self.ledger.record_instance(info, rel, calling_ae, conn=c)
+                if status == "skipped":
+                    note_final(c, info.study_uid, "listener")
+        else:
+            status = self.ledger.record_instance(info, rel, calling_ae)
         log.info(
             "event=instance_received study=%s series=%s sop=%s view=%s status=%s calling_ae=%s bytes=%d",
             info.study_uid, info.series_uid, info.sop_instance_uid, info.view, status, calling_ae, len(raw),

@@ -32,6 +32,8 @@ import click
 
 from unirg.plugin.assemble import Assembler, StudyLedger
 from unirg.plugin.config import Config, ConfigError, LoggingConfig, WorkerConfig, apply_overrides, load_config
+from unirg.plugin.feedback.capture import FeedbackPairer
+from unirg.plugin.feedback.capture import create_schema as create_feedback_schema
 from unirg.plugin.priors.dimse import LocalPriors, PriorsFetcher
 from unirg.plugin.queue import JobQueue, make_engine
 from unirg.plugin.receive import InstanceSink, Listener
@@ -39,7 +41,7 @@ from unirg.plugin.store import SRStore
 from unirg.plugin.worker import ProcessStudy, Worker, default_worker_id
 
 __all__ = ["Adapter", "Service", "ListenerAdapter", "ListenerService", "Services", "open_services",
-           "load_pipeline", "require_model", "config_from", "setup_logging", "JsonLogFormatter",
+           "feedback_pairer", "load_pipeline", "require_model", "config_from", "setup_logging", "JsonLogFormatter",
            "NO_MODEL_MESSAGE", "viewer_link"]
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,17 @@ def open_services(config: Config) -> Services:
     queue.create_schema()
     ledger = StudyLedger(engine, late_policy=config.assembly.late_policy)
     ledger.create_schema()
+    create_feedback_schema(engine)  # report arrivals noted by the intakes, draft/final pairs
     return Services(config, queue, ledger)
+
+
+def feedback_pairer(config: Config, services: Services, source: Any) -> FeedbackPairer | None:
+    """A worker's feedback pairer as ``[feedback]`` says: ``None`` when ``enabled`` is off (the worker pairs
+    nothing); ``embedding`` off: pairs get no embedding similarity and no sentence model is loaded."""
+    if not config.feedback.enabled:
+        return None
+    return FeedbackPairer(services.queue, services.ledger, source, config.data_dir,
+                          embedding=config.feedback.embedding)
 
 
 NO_MODEL_MESSAGE = (
@@ -257,6 +269,8 @@ class Service:
             assert process_study is not None
             self.workers.append(self.adapter.make_worker(
                 self.services, process_study, base if self._n_workers == 1 else f"{base}:{i}"))
+        for w in self.workers:  # the feedback loop: pair signed finals with drafts between jobs ([feedback])
+            w.feedback = feedback_pairer(self.config, self.services, w.source)
         return self
 
     def start(self) -> "Service":

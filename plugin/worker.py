@@ -38,6 +38,7 @@ from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence as DicomSequence
 
 from unirg.plugin.assemble import StudyLedger
+from unirg.plugin.feedback.capture import model_version_of
 from unirg.plugin.priors.core import PriorSource, PriorsResult
 from unirg.plugin.queue import Job, JobQueue
 from unirg.plugin.store import SRStore, StoreFailed
@@ -171,6 +172,9 @@ class Worker:
         self.viewer_link = viewer_link
         #: Set it to end an idle wait at once (the in-process assembler does when it enqueues a job).
         self.wakeup = threading.Event()
+        #: ``unirg.plugin.feedback.capture.FeedbackPairer`` (set by the service): pairs signed finals with
+        #: drafts between jobs (``poll``) and right after a draft (``after_draft``). ``None``: no pairing.
+        self.feedback: Any = None
 
     # -- loop ---------------------------------------------------------------------------------
     def run_once(self) -> bool:
@@ -190,6 +194,11 @@ class Worker:
             except Exception:  # e.g. database briefly unavailable: keep the loop alive
                 log.exception("event=worker_loop_error worker=%s", self.worker_id)
                 busy = False
+            if not busy and not stop.is_set() and self.feedback is not None:
+                try:  # finals noted by the intake; never in the way of a draft
+                    busy = self.feedback.poll() > 0
+                except Exception:
+                    log.exception("event=feedback_poll_error worker=%s", self.worker_id)
             if not busy and not stop.is_set():
                 self.wakeup.wait(self.poll_interval_s)
                 self.wakeup.clear()
@@ -302,6 +311,7 @@ class Worker:
             "sr_sop_instance_uid": str(sr.SOPInstanceUID),
             "sr_series_uid": str(sr.SeriesInstanceUID),
             "sr_sop_class_uid": str(sr.SOPClassUID),
+            "model_version": model_version_of(sr),
             "local_path": str(outcome.local_path),
             "delivered": outcome.delivered,
             "images": len(current),
@@ -316,4 +326,9 @@ class Worker:
         log.info("event=sr_written job=%d study=%s revision=%d sr=%s priors=%d priors_reason=%r delivered=%s%s",
                  job.id, job.study_uid, job.revision, sr.SOPInstanceUID, len(priors), priors.reason,
                  ",".join(outcome.delivered) or "-", f" viewer={link}" if link else "")
+        if self.feedback is not None:
+            try:  # a final that arrived before this draft was done
+                self.feedback.after_draft(job.study_uid)
+            except Exception:
+                log.exception("event=feedback_pair_error job=%d study=%s", job.id, job.study_uid)
         return result

@@ -97,6 +97,26 @@ def test_the_wheel_ships_the_orthanc_files_and_imports_from_the_venv(installed, 
 
 
 @pytest.mark.slow
+def test_the_wheel_ships_every_package_of_the_checkout(installed, tmp_path):
+    """A new subpackage (plugin/feedback, plugin/monitor, model/labeler ...) is found by setup.py, not listed."""
+    names = sorted(
+        "unirg." + ".".join(init.parent.relative_to(REPO_ROOT).parts)
+        for top in ("plugin", "model", "sr_writer", "trainer", "orthanc")
+        for init in (REPO_ROOT / top).rglob("__init__.py") if "__pycache__" not in init.parts
+    )
+    assert {"unirg.plugin.feedback", "unirg.plugin.monitor", "unirg.model.labeler"} <= set(names)
+    code = ("import importlib.util, sys\n"
+            "for name in sys.argv[1:]:\n"
+            "    spec = importlib.util.find_spec(name)\n"
+            "    print(name, spec.origin if spec else None)\n")
+    result = _run([str(installed / "bin" / "python"), "-c", code, *names], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    missing = [n for n in names if found.get(n) in (None, "None") or not Path(found[n]).is_relative_to(installed)]
+    assert not missing, f"not in the installed wheel: {missing}"
+
+
+@pytest.mark.slow
 def test_installed_unirg_drafts_a_study_outside_the_checkout(installed, testbed, tmp_path, validate_sr):
     if not (DEMO_MODEL / "config.json").is_file():
         skip_or_fail(f"demo model missing at {DEMO_MODEL}: run scripts/build-demo-model.sh")

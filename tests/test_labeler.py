@@ -8,12 +8,12 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from unirg.trainer.chexpert import OBSERVATIONS
+from unirg.model.chexpert import OBSERVATIONS
 from unirg.trainer.label_cli import label
-from unirg.trainer.labeler import OTHER, Mention, aggregate, extract_mentions, label_report, report_text
-from unirg.trainer.labeler import phrases as P
-from unirg.trainer.labeler import triggers as T
-from unirg.trainer.labeler.scan import Alternation
+from unirg.model.labeler import OTHER, Mention, aggregate, extract_mentions, label_report, report_text
+from unirg.model.labeler import phrases as P
+from unirg.model.labeler import triggers as T
+from unirg.model.labeler.scan import Alternation
 
 NF = "No Finding"
 

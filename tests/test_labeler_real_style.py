@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from unirg.trainer.chexpert import OBSERVATIONS
-from unirg.trainer.labeler import label_report
+from unirg.model.chexpert import OBSERVATIONS
+from unirg.model.labeler import label_report
 
 DATA = Path(__file__).parent / "data" / "labeler_real_style.jsonl"
 NF = "No Finding"

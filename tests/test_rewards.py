@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import unirg.trainer.rewards as rewards
+from unirg.model import textmetrics  # BLEU/ROUGE-L, moved from unirg.trainer.rewards.lexical
 from unirg.trainer.rewards import (
     MODEL_FREE,
     REGISTRY,
@@ -33,7 +34,7 @@ from unirg.trainer.rewards import (
     rouge_l,
     semb_substitute,
 )
-from unirg.trainer.rewards import base, clinical, composite, lexical
+from unirg.trainer.rewards import base, clinical, composite
 from unirg.trainer.score_cli import score
 
 REF = ("Moderate cardiomegaly. Small left pleural effusion with adjacent atelectasis. "
@@ -50,7 +51,7 @@ PAIRWISE = {
 }
 
 
-@pytest.mark.parametrize("module", [base, lexical, clinical, composite, rewards], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [base, textmetrics, clinical, composite, rewards], ids=lambda m: m.__name__)
 def test_doctests(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -19,7 +19,7 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1
 
 from unirg.sr_writer import read_report
-from unirg.trainer.chexpert import OBSERVATIONS
+from unirg.model.chexpert import OBSERVATIONS
 from unirg.trainer.synth.anatomy import Anatomy
 from unirg.trainer.synth.cli import synth
 from unirg.trainer.synth.generate import generate_testbed, load_manifest

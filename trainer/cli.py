@@ -5,6 +5,7 @@ import logging
 import click
 
 from unirg.trainer.eval_cli import eval_command
+from unirg.trainer.export import export
 from unirg.trainer.label_cli import label
 from unirg.trainer.rl_cli import rl
 from unirg.trainer.score_cli import score
@@ -34,3 +35,4 @@ main.add_command(eval_command)
 main.add_command(sft)
 main.add_command(rl)
 main.add_command(publish)
+main.add_command(export)

@@ -10,8 +10,8 @@ from typing import IO, Any
 
 import click
 
-from unirg.trainer.chexpert import OBSERVATIONS
-from unirg.trainer.labeler import extract_mentions, label_report, report_text
+from unirg.model.chexpert import OBSERVATIONS
+from unirg.model.labeler import extract_mentions, label_report, report_text
 
 
 def _field(obj: Any, path: str) -> Any:

@@ -19,7 +19,7 @@ from unirg.model.families import FamilyAdapter
 from unirg.model.prompt import format_target
 from unirg.model.study import StudyInput, comparison_from_date, indication_from_dataset
 from unirg.model.views import FRONTAL_VIEWS
-from unirg.trainer.data import Sample, holdout_split, load_testbed
+from unirg.trainer.data import Sample, holdout_split, load_dataset
 
 __all__ = [
     "SFTCollator",
@@ -108,13 +108,14 @@ def testbed_examples(
     institutions: Iterable[str] | None = None,
     priors: bool = True,
 ) -> list[TrainingExample]:
-    """Training examples from a synthetic testbed (:func:`~unirg.trainer.data.load_testbed`), see
-    :func:`examples_from_samples`."""
+    """Training examples from a synthetic testbed (:func:`~unirg.trainer.data.load_testbed`) or a JSONL
+    manifest folder such as ``unirg-trainer export`` writes (:func:`~unirg.trainer.data.load_jsonl_manifest`),
+    see :func:`examples_from_samples`."""
     root = Path(data_dir).resolve()
     manifest = root / "manifest.jsonl"
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found: make a testbed with `unirg-trainer synth --out {root}`")
-    return examples_from_samples(load_testbed(root), institutions=institutions, priors=priors)
+    return examples_from_samples(load_dataset(root), institutions=institutions, priors=priors)
 
 
 testbed_examples.__test__ = False  # not a pytest test, whatever its name

@@ -39,6 +39,7 @@ from unirg.plugin.dicomweb.client import (
     DicomWebUnavailable,
     qido_value,
 )
+from unirg.plugin.feedback.dicomweb import record_reports
 from unirg.plugin.paths import UnsafePath, safe_component
 from unirg.plugin.prior_policy import IMAGE_MODALITIES
 from unirg.plugin.queue import db_now, upsert
@@ -245,7 +246,8 @@ class DicomWebWatcher:
                     self._save_seen(uid, study_date=study["date"], total=study["total"], images=images,
                                     changed_at=now, state="watching")
                     verdict = self.assembler.check(uid)
-                else:
+                else:  # another kind of series came (e.g. the signed report): the feedback loop's
+                    record_reports(self.client, self.ledger, uid)
                     self._save_seen(uid, total=study["total"])
                     continue
             else:

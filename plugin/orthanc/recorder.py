@@ -51,6 +51,8 @@ from pydicom import Dataset
 from sqlalchemy import Column, Float, MetaData, String, Table, Text, select
 
 from unirg.plugin.assemble import Assembler, InstanceInfo, RerunRefused, StudyLedger, classify_instance
+from unirg.plugin.feedback.capture import create_schema as create_feedback_schema
+from unirg.plugin.feedback.capture import note_final
 from unirg.plugin.orthanc.rest import OrthancRest, RestError, orthanc_path, read_header, rest_json
 from unirg.plugin.prior_policy import is_own_draft
 from unirg.plugin.queue import JobQueue, db_now, insert_ignore, upsert
@@ -92,6 +94,7 @@ retrieved_priors = Table(
 
 def create_schema(engine: Any) -> None:
     metadata.create_all(engine, checkfirst=True)
+    create_feedback_schema(engine)
 
 
 def mark_retrieved_prior(engine: Any, study_uid: str, for_study: str) -> None:
@@ -300,6 +303,8 @@ class ChangeRecorder:
                              info.study_uid, info.sop_instance_uid, priors[info.study_uid])
                     continue
                 status = self.ledger.record_instance(info, orthanc_path(instance_id), calling_ae, conn=c)
+                if info.modality.upper() == "SR" and status == "skipped":  # a report: the feedback loop
+                    note_final(c, info.study_uid, "orthanc")  # pairs it (a worker reads it; not here)
                 self.stats.recorded += 1
                 log.debug("event=instance_recorded study=%s sop=%s status=%s",
                           info.study_uid, info.sop_instance_uid, status)

@@ -10,7 +10,10 @@ The state-changing (POST) routes also refuse with 403 when Orthanc's authenticat
 ========================================  ======  ===================================================
 route                                     method  answer
 ========================================  ======  ===================================================
-``/unirg``                                GET     this list
+``/unirg``, ``/unirg/``                   GET     the status page (HTML) when the client asks for text/html
+                                                (browsers; or ``?format=html``), else this list as JSON
+``/unirg/index.json``                     GET     this list as JSON, always
+``/unirg/metrics``                        GET     Prometheus metrics (:mod:`unirg.plugin.monitor.metrics`)
 ``/unirg/status``                         GET     queue counts, study states, failures, skips, plugin
 ``/unirg/jobs``                           GET     jobs, newest first (``?state=dead&study=UID&limit=N``)
 ``/unirg/jobs/{id}``                      GET     one job with its result
@@ -56,6 +59,9 @@ PATTERNS = [
     rf"/unirg/studies/{_UID}/draft",
     rf"/unirg/studies/{_UID}/draft\.txt",
     rf"/unirg/studies/{_UID}/rerun",
+    "/unirg/",
+    r"/unirg/index\.json",
+    "/unirg/metrics",
 ]
 _ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 _JOB_FIELDS = ("id", "study_uid", "revision", "state", "attempts", "max_attempts", "lease_owner",
@@ -80,6 +86,15 @@ class Response:
     @classmethod
     def text(cls, text: str, status: int = 200) -> "Response":
         return cls(status, text.encode("utf-8"), "text/plain; charset=utf-8")
+
+
+def _wants_html(headers: Mapping[str, str] | None, get: Mapping[str, str] | None) -> bool:
+    """The status page rather than JSON: ``?format=html``, or an ``Accept`` naming text/html (browsers)."""
+    fmt = (get or {}).get("format")
+    if fmt:
+        return fmt == "html"
+    accept = next((v for k, v in (headers or {}).items() if k.lower() == "accept"), "")
+    return "text/html" in accept
 
 
 def draft_text(study_uid: str, draft: Mapping[str, Any]) -> str:
@@ -110,6 +125,8 @@ class Routes:
         self.viewer_url = viewer_url if viewer_url is not None else (config.viewer.url if config else "")
         self._table: list[tuple[re.Pattern[str], str, Callable[..., Response]]] = [
             (re.compile("^/unirg/?$"), "GET", self.index),
+            (re.compile(r"^/unirg/index\.json$"), "GET", self.index),
+            (re.compile("^/unirg/metrics$"), "GET", self.metrics),
             (re.compile("^/unirg/status$"), "GET", self.status),
             (re.compile("^/unirg/jobs$"), "GET", self.jobs),
             (re.compile(r"^/unirg/jobs/([0-9]+)$"), "GET", self.job),
@@ -119,12 +136,16 @@ class Routes:
         ]
 
     # -- dispatch ---------------------------------------------------------------------------------
-    def handle(self, method: str, uri: str, get: Mapping[str, str] | None = None, body: bytes = b"") -> Response:
-        """Answer one request; never raises (an unexpected error is a logged 500)."""
+    def handle(self, method: str, uri: str, get: Mapping[str, str] | None = None, body: bytes = b"",
+               headers: Mapping[str, str] | None = None) -> Response:
+        """Answer one request; never raises (an unexpected error is a logged 500). ``headers``: the
+        request's HTTP headers (``Accept`` picks the status page or JSON at ``/unirg/``)."""
         for pattern, allowed, handler in self._table:
             m = pattern.match(uri)
             if not m:
                 continue
+            if handler == self.index and not uri.endswith(".json") and _wants_html(headers, get):
+                handler = self.page
             if method != allowed:
                 return Response(405, b"", allow=allowed)
             if allowed != "GET" and not self.authentication:
@@ -199,10 +220,29 @@ class Routes:
                                 prior_study_uid=prior)
 
     # -- routes -----------------------------------------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        from unirg.plugin.monitor.snapshot import read_snapshot
+
+        return read_snapshot(self.plugin.queue.engine)
+
+    def page(self, *, get: Mapping[str, str], body: bytes) -> Response:
+        from unirg.plugin.monitor.page import render_page
+
+        return Response(200, render_page(self._snapshot(), title="unirg status (Orthanc plugin)").encode("utf-8"),
+                        "text/html; charset=utf-8")
+
+    def metrics(self, *, get: Mapping[str, str], body: bytes) -> Response:
+        from unirg.plugin.monitor.metrics import CONTENT_TYPE, metrics_text
+
+        return Response(200, metrics_text(self._snapshot()), CONTENT_TYPE)
+
     def index(self, *, get: Mapping[str, str], body: bytes) -> Response:
         return Response.json({
             "unirg": "AI chest X-ray report drafts as DICOM SR - " + RESEARCH_LABEL,
             "routes": {
+                "GET /unirg/ (Accept: text/html)": "the status page",
+                "GET /unirg/index.json": "this list",
+                "GET /unirg/metrics": "Prometheus metrics",
                 "GET /unirg/status": "queue, studies, failures, skips, plugin state",
                 "GET /unirg/jobs?state=&study=&limit=": "jobs, newest first",
                 "GET /unirg/jobs/{id}": "one job",

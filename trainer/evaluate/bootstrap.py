@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from unirg.trainer.chexpert import OBSERVATIONS
+from unirg.model.chexpert import OBSERVATIONS
 from unirg.trainer.data.sample import Sample
 from unirg.trainer.evaluate.metrics import EvalConfig, Metric, Prediction, ReportScores, TOP5, score_reports
 from unirg.trainer.evaluate.reporting import Comparison, EvalResult

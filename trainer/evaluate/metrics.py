@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from unirg.trainer.chexpert import OBSERVATIONS
+from unirg.model.chexpert import OBSERVATIONS
 from unirg.trainer.data.sample import Sample, section_text
 from unirg.trainer.data.study import study_input
 
@@ -226,7 +226,7 @@ class ReportScores:
 
 @lru_cache(maxsize=65536)
 def _labels(text: str) -> tuple[int | None, ...]:
-    from unirg.trainer.labeler import label_report
+    from unirg.model.labeler import label_report
 
     labels = label_report(text)
     return tuple(labels[o] for o in OBSERVATIONS)

@@ -15,7 +15,7 @@ component             what                                                   rea
 ``bleu2``             sentence BLEU-2                                        real                    [0, 1]
 ``rouge_l``           rouge-score ROUGE-L F (stemmed)                        real                    [0, 1]
 ``chexpert_f1``       F1 of positive CheXpert-14 labels (uncertain counts    real metric, rule-based  [0, 1]
-                      as positive), labels from :mod:`unirg.trainer.labeler` labeler (not CheXbert)
+                      as positive), labels from :mod:`unirg.model.labeler` labeler (not CheXbert)
 ``embedding_cosine``  cosine of sentence-transformers embeddings (default:   real                    [-1, 1]
                       the shipped all-MiniLM-L6-v2)
 ``bertscore``         BERTScore F1, local model (needs ``bert-score``)       real (optional)         ~[0, 1]
@@ -45,6 +45,7 @@ one reward function per row in ``unirg-trainer rl``) and a :class:`CompositeRewa
 [1.0, 0.0]
 """
 
+from unirg.model.textmetrics import bleu, bleu2, rouge_l
 from unirg.trainer.rewards.base import FunctionReward, PairwiseReward, Reward, completion_text
 from unirg.trainer.rewards.clinical import (
     TOP5,
@@ -61,7 +62,6 @@ from unirg.trainer.rewards.composite import (
     build_component,
     register_component,
 )
-from unirg.trainer.rewards.lexical import bleu, bleu2, rouge_l
 from unirg.trainer.rewards.semantic import BERTScore, EmbeddingCosine, default_embedding_model_path
 from unirg.trainer.rewards.table import RewardTerm, composite_from_terms, resolve_rewards, trl_reward_weights
 

@@ -1,4 +1,4 @@
-"""Clinical-content scores from the rule-based CheXpert labeler (:mod:`unirg.trainer.labeler`). No model.
+"""Clinical-content scores from the rule-based CheXpert labeler (:mod:`unirg.model.labeler`). No model.
 
 - :func:`chexpert_f1`: F1 between the sets of observations labeled positive in candidate and reference. Per
   pair (micro over the observations of one pair): ``2|C∩R| / (|C|+|R|)``, 1.0 when both sets are empty.
@@ -12,7 +12,7 @@
   pneumonia" vs "pneumonia" is 0.71, "no pneumonia" vs "pneumonia" 0, and mentioning extra observations
   lowers the score. In [0, 1]; 1.0 when neither text has a label.
 - :func:`radgraph_substitute`: *offline substitute* for RadGraph-F1 (which needs the RadGraph model): F1 of the
-  entity sets from :func:`~unirg.trainer.labeler.extract_mentions`, averaged over two levels: entity =
+  entity sets from :func:`~unirg.model.labeler.extract_mentions`, averaged over two levels: entity =
   (observation, label) and entity + attribute = (observation, label, laterality). Observations are the 14
   (synonyms merge: "PTX" = "pneumothorax"); support devices and findings outside the 14 keep their device /
   finding name ("endotracheal tube" ≠ "chest tube", "emphysema"). In [0, 1]; 1.0 when both have no entity.
@@ -26,8 +26,8 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from unirg.trainer.chexpert import OBSERVATIONS
-from unirg.trainer.labeler import OTHER, extract_mentions, label_report
+from unirg.model.chexpert import OBSERVATIONS
+from unirg.model.labeler import OTHER, extract_mentions, label_report
 
 TOP5 = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 """The five observations of the CheXpert competition / ReXrank "top-5" F1."""
@@ -70,7 +70,7 @@ def positive_set(labels: Sequence[int | None] | dict, *, uncertain: str = "posit
     wanted = set(observations)
     unknown = wanted - set(OBSERVATIONS)
     if unknown:
-        raise ValueError(f"unknown observations {sorted(unknown)}; use names from unirg.trainer.chexpert")
+        raise ValueError(f"unknown observations {sorted(unknown)}; use names from unirg.model.chexpert")
     out = set()
     for obs, value in zip(OBSERVATIONS, labels, strict=True):
         if obs not in wanted:

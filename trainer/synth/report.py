@@ -16,7 +16,7 @@ import datetime as dt
 
 import numpy as np
 
-from unirg.trainer.chexpert import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
+from unirg.model.chexpert import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
 from unirg.trainer.synth.patients import Finding, Patient, Study
 from unirg.trainer.synth.report_styles import (
     DEVICE_NAMES,

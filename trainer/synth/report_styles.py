@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from unirg.trainer.chexpert import NEGATIVE, POSITIVE, UNCERTAIN
+from unirg.model.chexpert import NEGATIVE, POSITIVE, UNCERTAIN
 from unirg.trainer.synth.patients import Finding, Patient, Study
 from unirg.trainer.synth.render import lesion_size_mm
 

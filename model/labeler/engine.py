@@ -7,10 +7,10 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from unirg.trainer.chexpert import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
-from unirg.trainer.labeler import phrases as P
-from unirg.trainer.labeler import triggers as T
-from unirg.trainer.labeler.scan import Alternation, PrefixIndex
+from unirg.model.chexpert import NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN
+from unirg.model.labeler import phrases as P
+from unirg.model.labeler import triggers as T
+from unirg.model.labeler.scan import Alternation, PrefixIndex
 
 NO_FINDING = "No Finding"
 SUPPORT_DEVICES = "Support Devices"
@@ -25,8 +25,8 @@ class Mention:
     Attributes
     ----------
     observation
-        One of :data:`~unirg.trainer.chexpert.OBSERVATIONS` (never "No Finding", which is derived), or
-        :data:`~unirg.trainer.labeler.phrases.OTHER` for a finding outside the 14.
+        One of :data:`~unirg.model.chexpert.OBSERVATIONS` (never "No Finding", which is derived), or
+        :data:`~unirg.model.labeler.phrases.OTHER` for a finding outside the 14.
     finding
         Canonical name of the matched phrase ("pleural effusion", "endotracheal tube", "emphysema").
     label

@@ -1,6 +1,6 @@
 """Rule-based CheXpert-14 labeler for chest X-ray reports (offline, no model).
 
-``label_report(text)`` gives the 14 CheXpert labels of a report (``unirg.trainer.chexpert.OBSERVATIONS``:
+``label_report(text)`` gives the 14 CheXpert labels of a report (``unirg.model.chexpert.OBSERVATIONS``:
 1 positive, 0 negative, -1 uncertain, ``None`` not mentioned); ``extract_mentions(text)`` gives every mention
 with its label, laterality and sentence span (used by the entity-overlap reward).
 
@@ -54,7 +54,7 @@ CheXpert labels only the impression; here any text is labeled (``report_text`` j
 of a sectioned report).
 """
 
-from unirg.trainer.labeler.engine import (
+from unirg.model.labeler.engine import (
     LATERALITIES,
     Mention,
     aggregate,
@@ -63,7 +63,7 @@ from unirg.trainer.labeler.engine import (
     label_reports,
     report_text,
 )
-from unirg.trainer.labeler.phrases import OTHER
+from unirg.model.labeler.phrases import OTHER
 
 __all__ = [
     "LATERALITIES",
