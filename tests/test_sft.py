@@ -210,3 +210,46 @@ def test_sft_command(testbed, tmp_path):
     assert "C" in manifest["metrics"]["sets"]
     bad = CliRunner().invoke(sft, ["--data", str(testbed.root), "--out", str(out)])
     assert bad.exit_code != 0 and "--init tiny-qwen3-vl" in bad.output
+
+
+def test_vision_pretraining_trains_the_tower_only_then_sft_keeps_it_frozen(testbed, tmp_path):
+    """Vision pre-training changes the vision tower (the language model is untouched by it); with
+    freeze_vision SFT leaves the whole tower as pre-training left it and trains the language model. The result loads and drafts through load_model."""
+    from unirg.trainer.sft import build_init, prepare_model
+    from unirg.trainer.vision_pretrain import VisionPretrainConfig, freeze_vision_tower, pretrain_on_examples
+
+    config = load_config(None, data=str(testbed.root), out=str(tmp_path / "unused"), **{**TINY, "lora": False})
+    examples = testbed_examples(testbed.root, institutions=("A", "B"))
+    base = build_init(config, tmp_path / "init", sorted({e.target for e in examples}))
+    model, processor, _adapter = prepare_model(config, base)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train, held = examples[: len(examples) // 2], examples[len(examples) // 2:]
+    assert train and held
+    result = pretrain_on_examples(model, processor, StudyInputCache(decode_size=128), train, held,
+                                  VisionPretrainConfig(epochs=2, batch_size=2))
+    assert result.steps == 2 * -(-len(train) // 2) and result.held_out_f1 is not None and 0 <= result.held_out_f1["micro_f1"] <= 1
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all(n.startswith("model.visual.") for n in changed), sorted(changed)[:5]
+    assert any(n.startswith("model.visual.blocks.") for n in changed)
+    frozen = freeze_vision_tower(model)
+    assert frozen > 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith("model.visual.") for n in trainable)
+
+    out = tmp_path / "staged"
+    result, snapshot = _train(testbed, out, max_steps=4, lora=False, vision_pretrain_epochs=1, freeze_vision=True)
+    training = json.loads((out / MANIFEST).read_text())["training"]
+    assert training["vision_frozen"] is True and training["vision_pretraining"]["steps"] >= 1
+    assert not any(n.startswith("model.visual.") for n in snapshot.before)  # frozen: not trainable
+    model = load_model(out)
+    [draft] = model.draft([StudyInputCache().study(result.train_examples[0])], GenerationConfig(max_new_tokens=8))
+    assert draft.model_info.version == json.loads((out / MANIFEST).read_text())["version"]
+
+
+def test_vision_pretraining_config_errors(tmp_path, testbed):
+    with pytest.raises(ValueError, match="use --full"):
+        load_config(None, data=str(testbed.root), out=str(tmp_path / "o"), base=str(testbed.root), init=None,
+                    vision_pretrain_epochs=1, check_paths=False)
+    with pytest.raises(ValueError, match="vision_pretrain_epochs must be >= 0"):
+        load_config(None, data=str(testbed.root), out=str(tmp_path / "o"), init="tiny-qwen3-vl",
+                    vision_pretrain_epochs=-1)

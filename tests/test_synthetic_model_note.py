@@ -1,8 +1,8 @@
 """A draft by a model trained on synthetic data only says so in its disclaimer.
 
 The marker is the model manifest's ``"training_data": "synthetic"`` (``unirg-model.json``): ``unirg-trainer
-sft`` writes it when it trains on the synthetic testbed, ``scripts/build-demo-model.sh`` makes sure the demo
-model has it, the loader carries it as ``ModelInfo.synthetic_training_data`` and the SR writer adds
+sft`` writes it when it trains on the synthetic testbed (the shipped demo model has it, see
+tests/test_demo_model.py), the loader carries it as ``ModelInfo.synthetic_training_data`` and the SR writer adds
 "Model trained on synthetic data only." to the disclaimer.
 """
 

@@ -56,6 +56,7 @@ import torch
 from unirg.model.families import FamilyAdapter, adapter_for, save_processor
 from unirg.model.model import MANIFEST, TRAINING_DATA
 from unirg.model.reload import model_weights_sha256
+from unirg.trainer.data import detect_format
 from unirg.trainer.sft_config import SFTRunConfig, load_config
 from unirg.trainer.sft_data import (
     SFTCollator,
@@ -113,6 +114,7 @@ def build_init(config: SFTRunConfig, out_dir: Path, corpus: Sequence[str]) -> Pa
         hidden_size=config.tiny_hidden_size,
         num_layers=config.tiny_layers,
         vision_hidden_size=config.tiny_vision_hidden_size,
+        vision_layers=config.tiny_vision_layers,
         image_size=config.tiny_image_size,
         seed=config.seed,
         overwrite=True,
@@ -325,7 +327,8 @@ def train_sft(
     _prepare_out(config)
     set_seed(config.seed)
 
-    synthetic = examples is None  # the testbed loader: synthetic data only
+    # the testbed is synthetic data only; a manifest (e.g. from `unirg-trainer export`) may be real
+    synthetic = examples is None and detect_format(config.data) == "testbed"
     if examples is None:
         examples = testbed_examples(config.data, institutions=config.institutions, priors=config.priors)
     if not examples:
@@ -357,6 +360,18 @@ def train_sft(
     model, processor, adapter = prepare_model(config, base_dir)
     image_side = _processor_side(processor)
     cache = StudyInputCache(decode_size=min(512, max(2 * image_side, 64)) if image_side else 512)
+    vision = None
+    if config.vision_pretrain_epochs > 0:
+        from unirg.trainer.vision_pretrain import VisionPretrainConfig, pretrain_on_examples
+
+        vision = pretrain_on_examples(
+            model, processor, cache, train, held_out,
+            VisionPretrainConfig(epochs=config.vision_pretrain_epochs, lr=config.vision_pretrain_lr, seed=config.seed),
+        ).to_dict()
+    if config.freeze_vision:
+        from unirg.trainer.vision_pretrain import freeze_vision_tower
+
+        log.info("vision tower frozen for SFT (%d parameters)", freeze_vision_tower(model))
     # one collator over train + held-out; evaluation rows index past the training ones
     collator = SFTCollator(adapter, processor, [*train, *held_out], cache)
     train_ds = index_dataset(train)
@@ -398,6 +413,8 @@ def train_sft(
         "train_examples": len(train),
         "train_patients": len({e.patient_id for e in train}),
         "held_out_examples": len(held_out),
+        "vision_pretraining": vision,
+        "vision_frozen": config.freeze_vision,
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0), 3),
         "first_loss": losses[0] if losses else None,

@@ -65,7 +65,13 @@ class SFTRunConfig:
         architecture, with a tokenizer trained on the training reports).
     tiny_* : int
         Size of the ``init`` model (image side in pixels, text width and depth,
-        vision width, vocabulary).
+        vision width and depth, vocabulary).
+    vision_pretrain_epochs, vision_pretrain_lr : float
+        Before SFT, train the vision tower on the training studies' labels for this many epochs
+        (:mod:`unirg.trainer.vision_pretrain`; 0: no pre-training). Full fine-tuning only.
+    freeze_vision : bool
+        Keep the whole vision tower (mergers included) fixed during SFT: the language model learns to
+        read what vision pre-training taught it.
     lora : bool, optional
         LoRA (peft) instead of full fine-tuning. Default: LoRA with ``base``, full with
         ``init`` (a random model has nothing to preserve).
@@ -116,6 +122,10 @@ class SFTRunConfig:
     tiny_hidden_size: int = 128
     tiny_layers: int = 4
     tiny_vision_hidden_size: int = 64
+    tiny_vision_layers: int = 2
+    vision_pretrain_epochs: float = 0.0
+    vision_pretrain_lr: float = 2e-3
+    freeze_vision: bool = False
     tiny_vocab_size: int = 1024
     lora: bool | None = None
     lora_r: int = 16
@@ -221,6 +231,14 @@ class SFTRunConfig:
             problems.append(
                 f"tiny_vision_hidden_size must be a multiple of 32, at least 32, got {self.tiny_vision_hidden_size}"
             )
+        if self.tiny_vision_layers < 1:
+            problems.append(f"tiny_vision_layers must be >= 1, got {self.tiny_vision_layers}")
+        if self.vision_pretrain_epochs < 0:
+            problems.append(f"vision_pretrain_epochs must be >= 0, got {self.vision_pretrain_epochs}")
+        if self.vision_pretrain_epochs > 0 and self.use_lora:
+            problems.append("vision pre-training trains the whole vision tower: use --full, not LoRA")
+        if not 0 < self.vision_pretrain_lr < 1:
+            problems.append(f"vision_pretrain_lr must be in (0, 1), got {self.vision_pretrain_lr}")
         if self.tiny_layers < 1:
             problems.append(f"tiny_layers must be >= 1, got {self.tiny_layers}")
         if self.tiny_vocab_size < 300:

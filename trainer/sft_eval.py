@@ -40,15 +40,15 @@ def evaluate_chexpert(
 ) -> dict[str, Any]:
     """CheXpert-14 F1 of report texts against reference labels.
 
-    ``candidates`` are report texts, labeled with :func:`unirg.trainer.labeler.label_report`;
+    ``candidates`` are report texts, labeled with :func:`unirg.model.labeler.label_report`;
     ``references`` are label dicts (the testbed manifest's ``labels``). Positive = 1,
     uncertain counts as positive (the usual CheXpert-F1 convention). Returns micro
     precision / recall / F1 over all 14 observations and over the top 5
     (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion), macro F1 over
     observations with reference positives, and per-observation F1 with support.
     """
-    from unirg.trainer.chexpert import OBSERVATIONS
-    from unirg.trainer.labeler import label_report
+    from unirg.model.chexpert import OBSERVATIONS
+    from unirg.model.labeler import label_report
 
     if len(candidates) != len(references):
         raise ValueError(f"{len(candidates)} candidates but {len(references)} references")
@@ -156,12 +156,13 @@ def evaluate_model_dir(
         references = [e.labels for e in chosen]
         results[name] = {
             "n": len(chosen),
+            "distinct_drafts": round(len(set(texts)) / len(texts), 4),
             "model": evaluate_chexpert(texts, references),
             "baseline": evaluate_chexpert([baseline] * len(chosen), references),
         }
     metrics = {
         "chexpert14": {
-            "labeler": "unirg.trainer.labeler (rule-based); references: testbed manifest labels; "
+            "labeler": "unirg.model.labeler (rule-based); references: testbed manifest labels; "
             "uncertain counted as positive",
             "generation": {"strategy": generation.strategy, "max_new_tokens": generation.max_new_tokens},
             "baseline": "the most common training report, for every study",

@@ -22,7 +22,8 @@ def _institutions(_ctx, _param, value: str | None):
 
 
 @click.command("sft")
-@click.option("--data", type=_DIR, help="Testbed directory (manifest.jsonl), from `unirg-trainer synth`.")
+@click.option("--data", type=_DIR, help="Testbed directory (manifest.jsonl) from `unirg-trainer synth`, or a JSONL "
+              "manifest folder such as `unirg-trainer export` writes.")
 @click.option("--out", type=_DIR, help="Output model directory (load it with --model OUT).")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML file with any of these settings (top level or [sft]); options override it.")
@@ -49,6 +50,12 @@ def _institutions(_ctx, _param, value: str | None):
 @click.option("--hidden-size", "tiny_hidden_size", type=int, help="--init model: text width (default 128).")
 @click.option("--layers", "tiny_layers", type=int, help="--init model: text layers (default 4).")
 @click.option("--vision-hidden-size", "tiny_vision_hidden_size", type=int, help="--init model: vision width.")
+@click.option("--vision-layers", "tiny_vision_layers", type=int, help="--init model: vision depth (default 2).")
+@click.option("--vision-pretrain-epochs", type=float,
+              help="Train the vision tower on the training studies' labels first (epochs; default 0: no).")
+@click.option("--vision-pretrain-lr", type=float, help="Learning rate of vision pre-training (default 2e-3).")
+@click.option("--freeze-vision/--train-vision", default=None,
+              help="Keep the vision tower fixed during SFT (default: it trains).")
 @click.option("--save-steps", type=int, help="Checkpoint every N steps and at the end (0: none).")
 @click.option("--logging-steps", type=int, help="Log the loss every N steps.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the newest checkpoint in OUT/checkpoints.")

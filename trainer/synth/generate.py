@@ -21,8 +21,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from unirg.sr_writer import ReportSections, build_reference_sr
 from unirg.model.chexpert import OBSERVATIONS
+from unirg.sr_writer import ReportSections, build_reference_sr
 from unirg.trainer.synth.dicom import ImageSpec, StudyHeader, build_image, encode
 from unirg.trainer.synth.institutions import INSTITUTIONS, TRANSFER_SYNTAXES, Institution
 from unirg.trainer.synth.patients import Patient, Study, make_patient

@@ -31,6 +31,7 @@ def build_tiny_qwen3_vl(
     hidden_size: int = 128,
     num_layers: int = 4,
     vision_hidden_size: int = 64,
+    vision_layers: int = 2,
     image_size: int = 128,
     seed: int = 0,
     overwrite: bool = False,
@@ -48,8 +49,8 @@ def build_tiny_qwen3_vl(
     hidden_size, num_layers : int
         Text model width and depth (128 and 4 give ~1.2 M parameters with the default
         corpus's ~900-token vocabulary; a larger corpus fills ``vocab_size``).
-    vision_hidden_size : int
-        Vision tower width.
+    vision_hidden_size, vision_layers : int
+        Vision tower width and depth.
     image_size : int
         The processor resizes images to about ``image_size`` squared pixels
         (``image_size / 32`` squared image tokens for Qwen3-VL's 16-px patches merged 2x2).
@@ -98,7 +99,7 @@ def build_tiny_qwen3_vl(
         config = Qwen3VLConfig(
             text_config=text_config,
             vision_config=dict(
-                depth=2,
+                depth=vision_layers,
                 hidden_size=vision_hidden_size,
                 intermediate_size=vision_hidden_size * 2,
                 num_heads=vision_heads,
@@ -121,7 +122,7 @@ def build_tiny_qwen3_vl(
         config = Qwen2_5_VLConfig(
             text_config=text_config,
             vision_config=dict(
-                depth=2,
+                depth=vision_layers,
                 hidden_size=vision_hidden_size,
                 intermediate_size=vision_hidden_size * 2,
                 num_heads=vision_heads,
@@ -130,7 +131,7 @@ def build_tiny_qwen3_vl(
                 temporal_patch_size=2,
                 out_hidden_size=hidden_size,
                 window_size=patch * 2 * 2,
-                fullatt_block_indexes=[1],
+                fullatt_block_indexes=[vision_layers - 1],
             ),
             tie_word_embeddings=False,
             **tokens,
