@@ -53,6 +53,7 @@ __all__ = [
     "LlavaAdapter",
     "Maira2Adapter",
     "QwenVLAdapter",
+    "ProcessorWithoutImages",
     "RemoteCodeNotTrusted",
     "UnsupportedModel",
     "adapter_for",
@@ -103,12 +104,30 @@ def save_processor(processor: Any, out_dir: str | Path) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     processor.tokenizer.save_pretrained(out)
+    _drop_runtime_processor_class(out)
     processor.image_processor.save_pretrained(out)
     if getattr(processor, "video_processor", None) is not None:
         processor.video_processor.save_pretrained(out)
     template = getattr(processor, "chat_template", None) or processor.tokenizer.chat_template
     if template:
         (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+
+def _drop_runtime_processor_class(out: Path) -> None:
+    """Remove a ``processor_class`` that names a class built at runtime (``...ImageOnly``) from the saved
+    tokenizer config: ``AutoProcessor`` cannot find it and would return the bare tokenizer (a model that
+    never sees its images)."""
+    path = out / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if str(config.get("processor_class", "")).endswith("ImageOnly"):
+        del config["processor_class"]
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class ProcessorWithoutImages(RuntimeError):
+    """The checkpoint's processor cannot process images: drafts would ignore the X-ray."""
 
 
 class FamilyAdapter:
@@ -140,7 +159,14 @@ class FamilyAdapter:
         return True
 
     def load_processor(self, path: str | Path) -> Any:
-        return AutoProcessor.from_pretrained(str(path), trust_remote_code=self.remote_code(path))
+        processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=self.remote_code(path))
+        if getattr(processor, "image_processor", None) is None:
+            raise ProcessorWithoutImages(
+                f"{path}: AutoProcessor gave {type(processor).__name__}, which cannot process images, so the "
+                "model would draft without seeing the X-ray; check processor_class in tokenizer_config.json "
+                "and preprocessor_config.json"
+            )
+        return processor
 
     def load_model(self, path: str | Path, **kwargs: Any) -> Any:
         cls = getattr(transformers, self.model_class)
@@ -230,11 +256,17 @@ class QwenVLAdapter(FamilyAdapter):
 
     def load_processor(self, path: str | Path) -> Any:
         try:
-            return AutoProcessor.from_pretrained(str(path))
+            processor = AutoProcessor.from_pretrained(str(path))
         except ImportError as exc:
             if "torchvision" not in str(exc).lower():
                 raise
             log.info("AutoProcessor needs torchvision (%s); building an image-only processor", exc)
+        else:
+            if getattr(processor, "image_processor", None) is not None:
+                return processor
+            # AutoProcessor fell back to the tokenizer (e.g. an unknown processor_class in tokenizer_config.json)
+            log.warning("AutoProcessor gave %s for %s, not a processor; building the image processor from "
+                        "preprocessor_config.json", type(processor).__name__, path)
         model_type = read_model_type(path)
         processor_cls = getattr(transformers, self._processor_classes[model_type])
         tokenizer = AutoTokenizer.from_pretrained(str(path))
