@@ -158,7 +158,9 @@ class FamilyAdapter:
             )
         return True
 
-    def load_processor(self, path: str | Path) -> Any:
+    def load_processor(self, path: str | Path, *, model_type: str | None = None) -> Any:
+        """The processor saved in ``path``; ``model_type`` names the family when ``path`` holds no
+        ``config.json`` (a LoRA adapter directory with its own processor files)."""
         processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=self.remote_code(path))
         if getattr(processor, "image_processor", None) is None:
             raise ProcessorWithoutImages(
@@ -254,7 +256,7 @@ class QwenVLAdapter(FamilyAdapter):
         "qwen2_vl": "Qwen2VLProcessor",
     }
 
-    def load_processor(self, path: str | Path) -> Any:
+    def load_processor(self, path: str | Path, *, model_type: str | None = None) -> Any:
         try:
             processor = AutoProcessor.from_pretrained(str(path))
         except ImportError as exc:
@@ -267,7 +269,7 @@ class QwenVLAdapter(FamilyAdapter):
             # AutoProcessor fell back to the tokenizer (e.g. an unknown processor_class in tokenizer_config.json)
             log.warning("AutoProcessor gave %s for %s, not a processor; building the image processor from "
                         "preprocessor_config.json", type(processor).__name__, path)
-        model_type = read_model_type(path)
+        model_type = model_type or read_model_type(path)
         processor_cls = getattr(transformers, self._processor_classes[model_type])
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         image_processor = AutoImageProcessor.from_pretrained(str(path))

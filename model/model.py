@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from unirg.model.families import FamilyAdapter, adapter_for
+from unirg.model.families import FamilyAdapter, adapter_for, read_model_type
 from unirg.model.reload import WEIGHT_SUFFIXES, directories_weights_sha256
 from unirg.model.study import Draft, GenerationConfig, ModelInfo, StudyInput, chunked
 
@@ -279,7 +279,7 @@ def load_model(
         attention,
     )
     processor_dir = Path(adapter_path) if adapter_path and _has_processor(Path(adapter_path)) else path
-    processor = adapter.load_processor(processor_dir)
+    processor = adapter.load_processor(processor_dir, model_type=read_model_type(path))
     placement = {"device_map": str(torch_device)} if torch_device.type == "cuda" else {}  # load onto the GPU
     model = adapter.load_model(path, dtype=torch_dtype, attn_implementation=attention, **placement)
     if adapter_path is not None:

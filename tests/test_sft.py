@@ -113,6 +113,7 @@ def test_lora_trains_every_adapter_weight_and_loads(testbed, tmp_path):
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "base"
     model = load_model(out)  # adapter dir -> its base in out/base, merged
     assert model.info.version == result.manifest["version"]
+    assert model.processor.image_processor is not None  # the adapter's own processor files, with images
     assert result.manifest["training"]["lora"]["r"] == 4
     [draft] = model.draft([StudyInputCache().study(result.train_examples[0])], GenerationConfig(max_new_tokens=4))
     assert draft.model_info.weights_sha256 == result.manifest["weights_sha256"]
