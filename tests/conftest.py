@@ -44,6 +44,19 @@ def require_postgres() -> None:
         skip_or_fail(f"PostgreSQL not reachable at {where} (start it, or point UNIRG_TEST_PG at one)")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh queue database URL: SQLite in ``tmp_path``, then a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+        return
+    from dicom_peers import postgres_database
+
+    require_postgres()
+    with postgres_database() as url:
+        yield url
+
+
 class Testbed(NamedTuple):
     """A synthetic testbed (``unirg.trainer.synth.generate_testbed``): its folder and manifest records."""
 

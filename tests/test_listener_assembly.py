@@ -7,8 +7,7 @@ import time
 import pytest
 from pydicom import Dataset
 
-from conftest import require_postgres
-from dicom_peers import make_cxr, postgres_database
+from dicom_peers import make_cxr
 from unirg.plugin.assemble import Assembler, InstanceInfo, StudyLedger, assess_study, classify_instance
 from unirg.plugin.config import AssemblyConfig
 from unirg.plugin.queue import JobQueue, make_engine
@@ -59,16 +58,6 @@ def info(view="frontal", kind="image", chest=True, body_part="CHEST", sop="1"):
 def test_assess_study(instances, idle, state, reason):
     verdict = assess_study(instances, idle_s=idle, expected_views=["frontal", "lateral"], inactivity_timeout_s=5)
     assert verdict.state == state and verdict.reason.startswith(reason)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db.sqlite3'}"
-        return
-    require_postgres()
-    with postgres_database() as url:
-        yield url
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
-from conftest import require_postgres
-from dicom_peers import PYTHON, REPO, make_cxr, postgres_database, service_env, wait_for
+from dicom_peers import PYTHON, REPO, make_cxr, service_env, wait_for
 from unirg.model.chexpert import OBSERVATIONS
 from unirg.model.feedback import create_schema, feedback
 from unirg.plugin.monitor import snapshot as snapshot_module
@@ -39,16 +38,6 @@ DAY = 86400.0
 
 
 # -- a queue database with known contents ------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'queue.sqlite3'}"
-        return
-    require_postgres()
-    with postgres_database() as url:
-        yield url
-
-
 def populate(engine, now: float) -> None:
     """Eight jobs and three draft/final pairs, through the real queue and the real feedback table.
 

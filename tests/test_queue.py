@@ -10,19 +10,13 @@ from collections import Counter
 
 import pytest
 
-from conftest import require_postgres
-from dicom_peers import postgres_database, start_queue_consumer, wait_for
+from dicom_peers import start_queue_consumer, wait_for
 from unirg.plugin.queue import JobQueue, make_engine
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def queue_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'queue.sqlite3'}"
-        return
-    require_postgres()
-    with postgres_database() as url:
-        yield url
+@pytest.fixture
+def queue_url(db_url):
+    return db_url
 
 
 @pytest.fixture
