@@ -126,10 +126,7 @@ def status_report(services: Services) -> dict[str, Any]:
     """Queue and study counts with failure and skip reasons (what ``unirg status`` prints)."""
     counts = services.queue.counts()
     return {
-        "queue": {
-            "queued": counts.queued, "retrying": counts.retrying, "in_flight": counts.in_flight,
-            "done": counts.done, "failed": counts.dead,
-        },
+        "queue": counts.as_dict(),
         "failed_reasons": counts.dead_reasons,
         "failed_jobs": services.queue.failures(),
         "studies": services.ledger.state_counts(),

@@ -177,6 +177,11 @@ class QueueCounts:
     def failed(self) -> int:
         return self.dead
 
+    def as_dict(self) -> dict[str, int]:
+        """The counts as ``unirg status``, ``/unirg/status`` and the status page show them."""
+        return {"queued": self.queued, "retrying": self.retrying, "in_flight": self.in_flight,
+                "done": self.done, "failed": self.dead}
+
 
 class JobQueue:
     """The job queue on ``engine`` (see the module docstring for the semantics).
@@ -416,16 +421,23 @@ class JobQueue:
         return bool(n)
 
     # -- inspection -----------------------------------------------------------------------------
-    def get(self, job_id: int) -> dict[str, Any] | None:
-        """One job row as a dict (``payload``/``result`` decoded)."""
-        with self.engine.connect() as c:
-            row = c.execute(select(jobs).where(jobs.c.id == job_id)).first()
-        if row is None:
-            return None
+    @staticmethod
+    def _as_dict(row: Any) -> dict[str, Any]:
         out = dict(row._mapping)
         out["payload"] = json.loads(out["payload"] or "{}")
         out["result"] = json.loads(out["result"]) if out["result"] else None
         return out
+
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        """One job row as a dict (``payload``/``result`` decoded)."""
+        with self.engine.connect() as c:
+            row = c.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        return None if row is None else self._as_dict(row)
+
+    def all_jobs(self) -> list[dict[str, Any]]:
+        """Every job row as :meth:`get` gives it, oldest first, in one query (the status page's read)."""
+        with self.engine.connect() as c:
+            return [self._as_dict(row) for row in c.execute(select(jobs).order_by(jobs.c.id))]
 
     def find(self, study_uid: str, revision: int | None = None) -> list[dict[str, Any]]:
         """Jobs of a study (all revisions unless given), oldest first."""

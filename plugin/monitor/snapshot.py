@@ -40,7 +40,6 @@ Buckets are cumulative (Prometheus histogram buckets).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -48,7 +47,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 __all__ = ["LATENCY_BUCKETS", "MODEL_BUCKETS", "AGREEMENT_BUCKETS", "read_snapshot", "build_snapshot",
@@ -207,23 +205,6 @@ def build_snapshot(jobs: Sequence[Mapping[str, Any]], pairs: Sequence[Mapping[st
 
 
 # -- the database edge ------------------------------------------------------------------------------------
-def _job_rows(engine: Engine) -> list[dict[str, Any]]:
-    from unirg.plugin.queue import jobs
-
-    cols = [jobs.c.id, jobs.c.study_uid, jobs.c.revision, jobs.c.state, jobs.c.attempts, jobs.c.last_error,
-            jobs.c.result, jobs.c.created_at, jobs.c.updated_at]
-    out = []
-    with engine.connect() as c:
-        for row in c.execute(select(*cols).order_by(jobs.c.id)):
-            m = dict(row._mapping)
-            try:
-                m["result"] = json.loads(m["result"]) if m["result"] else None
-            except ValueError:
-                m["result"] = None
-            out.append(m)
-    return out
-
-
 def read_snapshot(engine: Engine, *, now: float | None = None) -> dict[str, Any]:
     """The snapshot of the queue database on ``engine`` (creates missing tables, as every unirg command does)."""
     from unirg.model.feedback import read_pairs
@@ -238,7 +219,5 @@ def read_snapshot(engine: Engine, *, now: float | None = None) -> dict[str, Any]
     pairs = [{"model_version": r.model_version, "label_agreement": r.label_agreement, "scores": r.scores,
               "paired_at": r.paired_at} for r in read_pairs(engine)]
     return build_snapshot(
-        _job_rows(engine), pairs, now=time.time() if now is None else now,
-        queue={"queued": counts.queued, "retrying": counts.retrying, "in_flight": counts.in_flight,
-               "done": counts.done, "failed": counts.dead},
+        queue.all_jobs(), pairs, now=time.time() if now is None else now, queue=counts.as_dict(),
         studies=ledger.state_counts(), research_label=RESEARCH_LABEL)

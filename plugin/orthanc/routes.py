@@ -257,8 +257,7 @@ class Routes:
         counts = q.counts()
         return Response.json({
             "research_only": RESEARCH_LABEL,
-            "queue": {"queued": counts.queued, "retrying": counts.retrying, "in_flight": counts.in_flight,
-                      "done": counts.done, "failed": counts.dead},
+            "queue": counts.as_dict(),
             "failed_reasons": counts.dead_reasons,
             "failed_jobs": q.failures(),
             "studies": ledger.state_counts(),
