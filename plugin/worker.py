@@ -38,12 +38,12 @@ from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence as DicomSequence
 
 from unirg.plugin.assemble import StudyLedger
-from unirg.plugin.feedback.capture import model_version_of
 from unirg.plugin.priors.core import PriorSource, PriorsResult
 from unirg.plugin.queue import Job, JobQueue
 from unirg.plugin.store import SRStore, StoreFailed
 from unirg.plugin.paths import UnsafePath
 from unirg.sr_writer.labels import ResearchLabelMissing, check_research_labels
+from unirg.sr_writer.read import draft_model_version
 
 __all__ = [
     "ProcessStudy", "PermanentJobError", "InstanceSource", "DataDirSource", "Worker", "revise_sr",
@@ -311,7 +311,7 @@ class Worker:
             "sr_sop_instance_uid": str(sr.SOPInstanceUID),
             "sr_series_uid": str(sr.SeriesInstanceUID),
             "sr_sop_class_uid": str(sr.SOPClassUID),
-            "model_version": model_version_of(sr),
+            "model_version": draft_model_version(sr),
             "local_path": str(outcome.local_path),
             "delivered": outcome.delivered,
             "images": len(current),

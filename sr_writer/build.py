@@ -27,6 +27,8 @@ from unirg.sr_writer.inputs import (
 #: Start of the Series Description, the Completion Flag Description and the disclaimer text.
 RESEARCH_LABEL = "AI DRAFT - RESEARCH ONLY - NOT FOR CLINICAL USE"
 MANUFACTURER = "unirg"
+#: Start of the Contribution Description of the model that drafted (read back by ``read.draft_model_version``).
+DRAFT_CONTRIBUTION = "AI model that drafted the report text"
 DRAFT_SERIES_NUMBER = 990
 REFERENCE_SERIES_NUMBER = 991
 REFERENCE_SERIES_DESCRIPTION = "Reference report (unirg synthetic testbed)"
@@ -213,7 +215,7 @@ def _build_sr(
                 software_versions=author.version,
                 device_serial_number=author.weights_sha256 or None,
                 contribution_datetime=content_datetime,
-                contribution_description=f"AI model that drafted the report text ({RESEARCH_LABEL})",
+                contribution_description=f"{DRAFT_CONTRIBUTION} ({RESEARCH_LABEL})",
             )
         )
     person = author if isinstance(author, _Person) else None

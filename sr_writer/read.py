@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from unirg.sr_writer import codes
-from unirg.sr_writer.build import RESEARCH_LABEL
+from unirg.sr_writer.build import DRAFT_CONTRIBUTION, RESEARCH_LABEL
 from unirg.sr_writer.inputs import SRInputError
 
 _SECTIONS = ("findings", "impression", "comparison", "indication")
@@ -155,3 +156,22 @@ def read_report(ds: Dataset) -> ReportText:
         disclaimer="\n".join(disclaimer) or None,
         other=tuple(other),
     )
+
+
+def draft_model_version(sr: Dataset) -> str | None:
+    """``"<model name> <version>"`` of the model that drafted one of our SRs (its contributing equipment),
+    else ``None``.
+
+    >>> from pydicom.sequence import Sequence as Seq
+    >>> item = Dataset(); item.ContributionDescription = DRAFT_CONTRIBUTION + " (x)"
+    >>> item.ManufacturerModelName = "unirg-demo"; item.SoftwareVersions = "3"
+    >>> ds = Dataset(); ds.ContributingEquipmentSequence = Seq([item]); draft_model_version(ds)
+    'unirg-demo 3'
+    """
+    for item in sr.get("ContributingEquipmentSequence") or ():
+        if str(item.get("ContributionDescription", "") or "").startswith(DRAFT_CONTRIBUTION):
+            name = str(item.get("ManufacturerModelName", "") or "").strip()
+            value = item.get("SoftwareVersions", "")
+            version = "\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value or "")
+            return f"{name} {version}".strip() or None
+    return None

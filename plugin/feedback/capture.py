@@ -16,8 +16,8 @@ Who does what:
   (read as UTC), else the time it was paired.
 * **The draft**: the study's latest done job (highest revision) in the queue; its result names our SR
   (``sr_sop_instance_uid``, ``local_path`` of our local copy, read back with ``unirg.sr_writer.read_report``),
-  the ``model_version`` (from the SR's contributing equipment; :func:`model_version_of` for older results)
-  and the priors the draft used.
+  the ``model_version`` (from the SR's contributing equipment; ``unirg.sr_writer.read.draft_model_version``
+  for older results) and the priors the draft used.
 * **Images**: the study's stored CR/DX images (frontal/lateral): the listener's files in the data dir as
   they are; Orthanc's or a DICOMweb archive's are saved under ``DATA_DIR/feedback/<study>/`` when paired,
   so the trainer's export reads local files.
@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
-from pydicom.multival import MultiValue
 from sqlalchemy import Column, Float, MetaData, String, Table, delete, select
 from sqlalchemy.engine import Connection, Engine
 
@@ -47,9 +46,10 @@ from unirg.plugin.paths import path_under, safe_component
 from unirg.plugin.prior_policy import is_sr
 from unirg.plugin.queue import JobQueue, insert_ignore
 from unirg.sr_writer.io import write_bytes_atomic
+from unirg.sr_writer.read import draft_model_version
 
 __all__ = ["Draft", "Final", "FeedbackPairer", "choose_final", "create_schema", "latest_draft",
-           "model_version_of", "note_final", "pending", "source_of_path", "IMPORT_PREFIX"]
+           "note_final", "pending", "source_of_path", "IMPORT_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,6 @@ pending = Table(
 
 #: ``final_sop_uid`` of a final imported as text (``unirg feedback import``): no SR exists.
 IMPORT_PREFIX = "import:"
-_DRAFT_EQUIPMENT = "AI model that drafted"
 RETRY_S = 60.0
 
 
@@ -89,24 +88,6 @@ def source_of_path(path: str) -> str:
 
 
 # -- the draft ---------------------------------------------------------------------------------------------
-def model_version_of(sr: Dataset) -> str | None:
-    """``"<model name> <version>"`` from the contributing equipment of one of our draft SRs, else ``None``.
-
-    >>> from pydicom.sequence import Sequence as Seq
-    >>> item = Dataset(); item.ContributionDescription = "AI model that drafted the report text (x)"
-    >>> item.ManufacturerModelName = "unirg-demo"; item.SoftwareVersions = "3"
-    >>> ds = Dataset(); ds.ContributingEquipmentSequence = Seq([item]); model_version_of(ds)
-    'unirg-demo 3'
-    """
-    for item in sr.get("ContributingEquipmentSequence") or ():
-        if str(item.get("ContributionDescription", "") or "").startswith(_DRAFT_EQUIPMENT):
-            name = str(item.get("ManufacturerModelName", "") or "").strip()
-            value = item.get("SoftwareVersions", "")
-            version = "\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value or "")
-            return f"{name} {version}".strip() or None
-    return None
-
-
 def _report_text(sr: Dataset) -> str:
     from unirg.sr_writer import read_report  # the SR reader is sr_writer's business
 
@@ -143,7 +124,7 @@ def latest_draft(queue: JobQueue, study_uid: str) -> Draft | None:
     priors = result.get("priors") or {}
     return Draft(
         study_uid=study_uid, sop_uid=str(result["sr_sop_instance_uid"]), text=_report_text(sr),
-        model_version=str(result.get("model_version") or model_version_of(sr) or "unknown"),
+        model_version=str(result.get("model_version") or draft_model_version(sr) or "unknown"),
         priors=list(priors.get("study_uids") or []) if isinstance(priors, Mapping) else [],
         drafted_at=float(job["updated_at"]),
     )
