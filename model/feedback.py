@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Float, Index, MetaData, String, Table, Text, select
@@ -21,6 +23,15 @@ from sqlalchemy.exc import IntegrityError
 from unirg.model.chexpert import OBSERVATIONS, POSITIVE, UNCERTAIN
 
 log = logging.getLogger(__name__)
+
+QUEUE_FILE = "unirg.sqlite3"
+"""The embedded queue database (this table's home) under a data dir, when ``[queue] url`` is empty."""
+
+
+def default_queue_url(data_dir: str | os.PathLike[str]) -> str:
+    """``sqlite:///<data_dir>/unirg.sqlite3``: the queue database the plugin uses when no URL is configured."""
+    return f"sqlite:///{Path(data_dir).resolve() / QUEUE_FILE}"
+
 
 metadata = MetaData()
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from unirg.model.feedback import default_queue_url
 from unirg.plugin.config_base import ConfigError, Peer, _check_ae_title, _doc
 
 __all__ = [
@@ -162,7 +163,7 @@ class QueueConfig:
         """The URL to connect to: ``url``, or the embedded SQLite file under ``data_dir``."""
         if self.url:
             return self.url
-        return f"sqlite:///{Path(data_dir).resolve() / 'unirg.sqlite3'}"
+        return default_queue_url(data_dir)
 
 
 @dataclass

@@ -34,7 +34,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import create_engine
 
-from unirg.model.feedback import FeedbackRecord, read_pairs
+from unirg.model.feedback import QUEUE_FILE, FeedbackRecord, default_queue_url, read_pairs
 from unirg.trainer.data.sample import FRONTAL_VIEWS, LATERAL_VIEWS, normalize_sex, normalize_view, parse_age
 from unirg.trainer.evaluate.metrics import split_report
 from unirg.trainer.export_deid import (
@@ -49,19 +49,12 @@ from unirg.trainer.export_deid import (
 
 log = logging.getLogger(__name__)
 
-QUEUE_FILE = "unirg.sqlite3"
-"""The plugin's embedded queue database under its data dir (``[queue] url`` empty, see docs of unirg's config)."""
 SEED_ENV = "UNIRG_EXPORT_SEED"
 MANIFEST = "manifest.jsonl"
 
 
 class ExportError(RuntimeError):
     """The export cannot go on (no database, OUT not empty, an identifier survived de-identification)."""
-
-
-def default_queue_url(data_dir: str | os.PathLike[str]) -> str:
-    """``sqlite:///<data_dir>/unirg.sqlite3``, the plugin's embedded queue database."""
-    return f"sqlite:///{Path(data_dir).resolve() / QUEUE_FILE}"
 
 
 def parse_since(text: str) -> float:
