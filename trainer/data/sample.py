@@ -15,7 +15,9 @@ from typing import Any
 
 from PIL import Image
 
-FRONTAL_VIEWS = frozenset({"PA", "AP", "FRONTAL"})
+from unirg.model import views
+
+FRONTAL_VIEWS = frozenset(views.FRONTAL_VIEWS)
 LATERAL_VIEWS = frozenset({"LATERAL", "LL", "RL"})
 AGE_BANDS: tuple[tuple[str, int, int], ...] = (("0-39", 0, 39), ("40-59", 40, 59), ("60-79", 60, 79),
                                                 ("80+", 80, 200))
