@@ -182,6 +182,23 @@ def test_training_samples_leave_out_sft_held_out_patients_and_other_institutions
     assert only and {s.institution for s in only} == {institution}
 
 
+def test_holdout_fraction_keeps_patients_out_of_rl_and_lists_them(tiny, testbed, tmp_path):
+    from unirg.trainer.rl import load_split
+
+    cfg = _config(tiny, testbed.root, tmp_path / "held", max_train_samples=None, holdout_fraction=0.3)
+    train, held = load_split(cfg)
+    everything = load_samples(_config(tiny, testbed.root, tmp_path / "all", max_train_samples=None))
+    assert held and train
+    assert {s.patient_id for s in train}.isdisjoint({s.patient_id for s in held})  # patient-level split
+    assert len(train) + len(held) == len(everything)
+    assert load_split(cfg)[1] == held  # seeded: the same patients every time
+    setup = build_trainer(cfg)
+    listed = json.loads((tmp_path / "held" / "holdout.json").read_text())
+    assert listed["patients"] == sorted({s.patient_id for s in held})
+    assert sorted(listed["studies"]) == sorted(s.study_id for s in held)
+    assert setup.train_samples == len(train)
+
+
 def test_rl_prompts_match_sft_prompts(testbed):
     """RL builds each study's prompt exactly as `unirg-trainer sft` trained on it (text and pixels)."""
     from unirg.model.prompt import build_prompt

@@ -81,6 +81,7 @@ def test_cpu_defaults():
         ({"lora_r": 0}, "use_lora=false"),
         ({"max_completion_length": 4}, "too short"),
         ({"beta": -0.1}, "beta"),
+        ({"holdout_fraction": 1.0}, "holdout_fraction must be in"),
     ],
 )
 def test_validation_says_how_to_fix(overrides, message):
@@ -131,6 +132,7 @@ def test_parse_override():
     assert parse_override("lora.r=4") == ("lora_r", 4)
     assert parse_override("train.learning_rate=1e-5") == ("learning_rate", 1e-5)
     assert parse_override("data.institutions=['A','B']") == ("train_institutions", ["A", "B"])
+    assert parse_override("data.holdout=0.2") == ("holdout_fraction", 0.2)
     with pytest.raises(RLConfigError, match="key=value"):
         parse_override("max_steps")
     with pytest.raises(RLConfigError, match="did you mean"):
@@ -216,7 +218,11 @@ def test_shipped_rl_configs_load(name, monkeypatch):
     monkeypatch.delenv("UNIRG_JUDGE_BASE_URL", raising=False)
     cfg = load_rl_config(CONFIGS / f"{name}.toml")
     assert isinstance(cfg, RLConfig)
-    assert cfg.preset in PRESETS
+    if name == "rl-cpu-demo":  # not the paper's recipe: its own clinical reward, and A/B patients held out
+        assert cfg.preset is None and set(cfg.reward_components) == {"chexpert_f1", "radgraph_substitute"}
+        assert cfg.holdout_fraction > 0 and cfg.train_institutions == ["A", "B"]
+    else:
+        assert cfg.preset in PRESETS
     assert cfg.generation_batch_size % cfg.num_generations == 0
     if name.startswith("vllm"):
         assert cfg.use_vllm is True

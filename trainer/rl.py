@@ -2,7 +2,8 @@
 
 UniRG's second stage: start from an SFT checkpoint, sample ``num_generations`` reports per study, score each
 against the reference with the reward components, and update a LoRA adapter with TRL's ``GRPOTrainer``
-(or ``RLOOTrainer``, ``algorithm = "rloo"``).
+(or ``RLOOTrainer``, ``algorithm = "rloo"``; or, with ``advantage_baseline = "greedy"``, GRPO whose baseline is
+the policy's greedy draft: :class:`unirg.trainer.rl_scst.SelfCriticalGRPOTrainer`).
 
 How a study reaches the model (the same path as inference)
     :func:`study_input` turns a :class:`unirg.trainer.data.Sample` into the
@@ -41,6 +42,7 @@ Output directory ``OUT`` (``output_dir``)::
                             the trained policy, LoRA merged: ``load_model(OUT)`` loads it
     OUT/adapter/            the RL LoRA adapter alone (``base_model_name_or_path`` = the SFT checkpoint
                             when that is a full checkpoint)
+    OUT/holdout.json        patients held out of RL (``holdout_fraction`` > 0), for evaluation
     OUT/rl_run.json         settings, the reward table (real metric or substitute, weight, scaling),
                             the log history, timing
     OUT/checkpoints/checkpoint-N/   Trainer checkpoints: ``--resume`` continues from the last one
@@ -85,6 +87,7 @@ __all__ = [
     "load_policy",
     "load_rl_config",
     "load_samples",
+    "load_split",
     "missing_as_group_mean",
     "resolve_rewards",
     "study_input",
@@ -222,10 +225,11 @@ def _holdout_patients(sft: str | None) -> set[str]:
     return set(json.loads(path.read_text(encoding="utf-8")).get("patients", []))
 
 
-def load_samples(cfg: RLConfig) -> list:
-    """The training samples of ``cfg``: its institutions, minus SFT's held-out patients (and, with
-    ``train_institutions``, minus patients with studies elsewhere), with a frontal image and a report."""
-    from unirg.trainer.data import load_dataset, split_by_institution
+def load_split(cfg: RLConfig) -> tuple[list, list]:
+    """``(train, held_out)`` samples of ``cfg``: its institutions, minus SFT's held-out patients (and, with
+    ``train_institutions``, minus patients with studies elsewhere), with a frontal image and a report; then
+    a seeded share ``holdout_fraction`` of the patients is held out of training (``OUT/holdout.json``)."""
+    from unirg.trainer.data import holdout_split, load_dataset, split_by_institution
 
     if not cfg.data:
         raise RLConfigError("no training data: pass --data DIR (a testbed made by `unirg-trainer synth`, ...)")
@@ -236,6 +240,7 @@ def load_samples(cfg: RLConfig) -> list:
     held = _holdout_patients(cfg.sft)
     kept = [s for s in samples if s.patient_id not in held and s.frontal is not None
             and (s.findings.strip() or s.impression.strip())]
+    kept, held_out = holdout_split(kept, cfg.holdout_fraction, cfg.seed)
     if cfg.max_train_samples:
         kept = kept[: cfg.max_train_samples]
     if not kept:
@@ -243,8 +248,21 @@ def load_samples(cfg: RLConfig) -> list:
             f"no training samples in {cfg.data} (institutions {cfg.train_institutions}, {len(held)} SFT held-out "
             "patients excluded); check --institutions against the data"
         )
-    log.info("RL training samples: %d (%d SFT held-out patients excluded)", len(kept), len(held))
-    return kept
+    log.info("RL training samples: %d (%d SFT held-out patients excluded, %d studies held out of RL)",
+             len(kept), len(held), len(held_out))
+    return kept, held_out
+
+
+def load_samples(cfg: RLConfig) -> list:
+    """The training samples of ``cfg`` (:func:`load_split` without the held-out ones)."""
+    return load_split(cfg)[0]
+
+
+def write_holdout(run_dir: Path, held_out: Sequence) -> None:
+    """``OUT/holdout.json``: the patients and studies held out of RL (the format SFT writes)."""
+    (run_dir / "holdout.json").write_text(json.dumps(
+        {"patients": sorted({s.patient_id for s in held_out}), "studies": [s.study_id for s in held_out]},
+        indent=1) + "\n", encoding="utf-8")
 
 
 def build_dataset(samples: Sequence, adapter, *, size: int = 512, longitudinal: bool = True,
@@ -380,7 +398,7 @@ def build_trainer(cfg: RLConfig, *, samples: Sequence | None = None) -> RLSetup:
         torch.set_num_threads(cfg.threads)
     specs = resolve_rewards(cfg)
     funcs = build_reward_funcs(specs, cfg.judge)  # fails early (JudgeNotConfigured) before loading anything big
-    samples = list(samples) if samples is not None else load_samples(cfg)
+    samples, held_out = (list(samples), []) if samples is not None else load_split(cfg)
     references = [format_target(s.findings, s.impression) for s in samples]
     _apply_scaling(cfg, specs, funcs, references)
     funcs = [missing_as_group_mean(f, cfg.num_generations) if s.component == "judge" else f
@@ -393,10 +411,16 @@ def build_trainer(cfg: RLConfig, *, samples: Sequence | None = None) -> RLSetup:
     model, processor, adapter = load_policy(cfg)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if held_out:
+        write_holdout(run_dir, held_out)
     dataset = build_dataset(samples, adapter, size=cfg.image_size, longitudinal=cfg.longitudinal,
                             cache_dir=run_dir / "checkpoints" / ".dataset-cache")
     args = _trl_args(cfg, specs, run_dir)
     trainer_cls = GRPOTrainer if cfg.algorithm == "grpo" else RLOOTrainer
+    if cfg.advantage_baseline == "greedy":
+        from unirg.trainer.rl_scst import SelfCriticalGRPOTrainer
+
+        trainer_cls = SelfCriticalGRPOTrainer
     trainer = trainer_cls(
         model=model,
         reward_funcs=funcs,

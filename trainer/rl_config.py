@@ -13,6 +13,7 @@ Config file (TOML, or YAML with the same structure), every key optional::
     data = "var/testbed"            # a testbed / dataset directory (see unirg.trainer.data)
     output_dir = "var/runs/rl"
     algorithm = "grpo"              # or "rloo"
+    advantage_baseline = "group"    # GRPO's group mean (the paper), or "greedy": self-critical (rl_scst)
 
     [train]                         # any GRPOConfig / TrainingArguments field
     max_steps = 200
@@ -40,6 +41,7 @@ Config file (TOML, or YAML with the same structure), every key optional::
     [data]
     institutions = ["A", "B"]       # train only on these
     max_samples = 512
+    holdout = 0.15                  # share of patients RL leaves out (OUT/holdout.json), for evaluation
     longitudinal = true             # prior image + report in the prompt when the study has a prior
     image_size = 512
 
@@ -100,6 +102,7 @@ DEFAULT_LORA_TARGETS = (
 """LoRA on the language model's attention and MLP projections (the vision tower stays frozen)."""
 
 ALGORITHMS = ("grpo", "rloo")
+BASELINES = ("group", "greedy")
 
 
 class RLConfigError(ValueError):
@@ -135,12 +138,22 @@ class RLConfig(GRPOConfig):
     data: str | None = field(default=None, metadata={"help": "Dataset directory (synthetic testbed manifest, ...)."})
     preset: str | None = field(default=None, metadata={"help": f"Recipe preset: {', '.join(PRESETS)}."})
     algorithm: str = field(default="grpo", metadata={"help": "'grpo' (GRPOTrainer) or 'rloo' (RLOOTrainer)."})
+    advantage_baseline: str = field(
+        default="group",
+        metadata={"help": "GRPO's baseline: 'group' (the mean reward of the prompt's rollouts, as in the paper) or "
+                          "'greedy' (the reward of the policy's greedy draft: self-critical, unirg.trainer.rl_scst)."},
+    )
 
     # data
     train_institutions: list[str] | None = field(
         default=None, metadata={"help": "Train only on studies from these institutions (None: all)."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training studies."})
+    holdout_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of the training patients held out of RL (seeded by `seed`), listed in "
+                          "OUT/holdout.json for evaluation on patients RL never saw."},
+    )
     longitudinal: bool = field(default=True, metadata={"help": "Prior image + report in the prompt when available."})
     image_size: int = field(default=512, metadata={"help": "Images are fitted to this square (as at inference)."})
 
@@ -261,6 +274,14 @@ class RLConfig(GRPOConfig):
                     f"({self.num_generations}); make it k x {self.num_generations} (k prompts per batch), e.g. "
                     f"per_device_train_batch_size={self.num_generations}"
                 )
+        if self.advantage_baseline not in BASELINES:
+            fail(f"advantage_baseline must be one of {', '.join(BASELINES)}, got {self.advantage_baseline!r}")
+        if self.advantage_baseline == "greedy" and self.algorithm != "grpo":
+            fail("advantage_baseline='greedy' is a GRPO option; RLOO's baseline is the leave-one-out mean "
+                 "(use algorithm='grpo')")
+        if self.advantage_baseline == "greedy" and (_world_size() > 1 or self.use_vllm):
+            fail("advantage_baseline='greedy' runs on one process with transformers generation (each process "
+                 "would hold only part of a group); use the group baseline with several processes or vLLM")
         if self.beta < 0:
             fail(f"beta (KL coefficient) must be >= 0, got {self.beta}")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
@@ -279,6 +300,8 @@ class RLConfig(GRPOConfig):
                 fail("lora_target_modules is empty; leave the default (the language model's projections)")
         if self.image_size < 32:
             fail(f"image_size must be >= 32 pixels, got {self.image_size}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            fail(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             fail(f"max_train_samples must be >= 1 or unset, got {self.max_train_samples}")
         if self.sft is not None:
@@ -345,7 +368,8 @@ class RLConfig(GRPOConfig):
     def summary(self) -> dict[str, Any]:
         """The UniRG-specific settings plus the main GRPO ones, for logs and ``rl_run.json``."""
         keys = [
-            "preset", "algorithm", "sft", "data", "output_dir", "train_institutions", "max_train_samples",
+            "preset", "algorithm", "advantage_baseline", "sft", "data", "output_dir", "train_institutions",
+            "max_train_samples", "holdout_fraction",
             "longitudinal", "image_size", "reward_components", "reward_scaling", "reward_standardize", "use_lora",
             "lora_r", "lora_alpha", "lora_dropout", "num_generations", "per_device_train_batch_size",
             "gradient_accumulation_steps", "learning_rate", "beta", "epsilon", "epsilon_high", "temperature",
@@ -394,6 +418,7 @@ SECTIONS: dict[str, dict[str, str]] = {
         "path": "data",
         "institutions": "train_institutions",
         "max_samples": "max_train_samples",
+        "holdout": "holdout_fraction",
         "longitudinal": "longitudinal",
         "image_size": "image_size",
     },

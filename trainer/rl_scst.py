@@ -1,0 +1,94 @@
+"""GRPO with a self-critical baseline (``baseline = "greedy"``): the advantage of a rollout is its reward minus
+the reward of the policy's *greedy* draft of the same study.
+
+Why: the plugin drafts greedily, and a small policy's greedy draft can be worse than most of its samples (on the
+tuning testbed, a majority vote of 8 samples reads the 14 observations with micro F1 0.68 where the greedy draft
+reaches 0.61: greedy decoding follows the single likeliest path, which often stops before a finding or takes the
+normal template). GRPO's baseline is the mean reward of the group, so a group whose samples all beat the greedy
+draft by the same amount gives no gradient. With the greedy draft as the baseline (self-critical sequence
+training, Rennie et al. 2017, the usual RL recipe of report generation papers) every sample that beats the greedy
+draft is pushed up and every one that does worse is pushed down, which moves exactly the draft the plugin writes.
+
+The advantage is the plain reward difference (not divided by the group's reward std: a group of equal samples
+that all beat the greedy draft has std 0 and still carries signal). Everything else (rollouts, loss, clipping,
+KL, logging) is TRL's :class:`~trl.GRPOTrainer`; the greedy drafts reuse its prompt tokenisation and generation
+path with a greedy generation config. Logged per step: ``scst/greedy_reward`` (mean reward of the greedy
+drafts) and ``scst/beats_greedy`` (share of rollouts scoring above their greedy draft).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from trl import GRPOTrainer
+from trl.data_utils import is_conversational, prepare_multimodal_messages
+
+__all__ = ["SelfCriticalGRPOTrainer", "self_critical_advantages"]
+
+
+def self_critical_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``rewards[i] - greedy_rewards[i // group_size]``; a NaN (unscorable) reward gives advantage 0."""
+    if rewards.numel() != greedy_rewards.numel() * group_size:
+        raise ValueError(f"{rewards.numel()} rewards for {greedy_rewards.numel()} prompts x {group_size} rollouts")
+    advantages = rewards - greedy_rewards.repeat_interleave(group_size)
+    return torch.nan_to_num(advantages, nan=0.0)
+
+
+class SelfCriticalGRPOTrainer(GRPOTrainer):
+    """:class:`~trl.GRPOTrainer` whose advantages use the greedy draft of each prompt as the baseline."""
+
+    def _greedy_config(self):
+        config = copy.deepcopy(self.generation_config)
+        config.do_sample = False
+        config.temperature = config.top_p = config.top_k = config.min_p = None
+        return config
+
+    def _texts(self, completion_ids: list[list[int]]) -> list[str]:
+        return self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+
+    def _as_completions(self, prompts: list, texts: list[str]) -> list:
+        if is_conversational({"prompt": prompts[0]}):
+            return [[{"role": "assistant", "content": text}] for text in texts]
+        return texts
+
+    def _total_rewards(self, inputs: list[dict], prompts: list, completion_ids: list[list[int]]) -> torch.Tensor:
+        """The weighted reward of each completion, through TRL's own reward path."""
+        completions = self._as_completions(prompts, self._texts(completion_ids))
+        per_func = self._calculate_rewards(inputs, prompts, completions, completion_ids)
+        total = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        total[torch.isnan(per_func).all(dim=1)] = torch.nan
+        return total
+
+    def _greedy_completion_ids(self, heads: list[dict]) -> tuple[list, list[list[int]]]:
+        prompts = [copy.deepcopy(x["prompt"]) for x in heads]
+        if "images" in heads[0] and any(x.get("images") for x in heads):
+            prompts = [prepare_multimodal_messages(p, images=x.get("images")) for p, x in zip(prompts, heads,
+                                                                                             strict=True)]
+        prompt_ids, images, multimodal_fields = self._tokenize_prompts(prompts)
+        sampling = self.generation_config
+        self.generation_config = self._greedy_config()
+        try:
+            completion_ids, _ = self._generate_single_turn(prompt_ids, images, multimodal_fields, 1)
+        finally:
+            self.generation_config = sampling
+        return [x["prompt"] for x in heads], completion_ids
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if not self.model.training:
+            return output  # evaluation: GRPO's own advantages (not used for a loss)
+        group = self.num_generations
+        heads = inputs[::group]
+        mask = output["completion_mask"].bool().cpu()
+        sampled = [ids[m].tolist() for ids, m in zip(output["completion_ids"].cpu(), mask, strict=True)]
+        rewards = self._total_rewards(inputs, [x["prompt"] for x in inputs], sampled)
+        head_prompts, greedy_ids = self._greedy_completion_ids(heads)
+        greedy = self._total_rewards(heads, head_prompts, greedy_ids)
+        advantages = self_critical_advantages(rewards, torch.nan_to_num(greedy, nan=0.0), group)
+        output["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
+        metrics = self._metrics["train"]
+        metrics["scst/greedy_reward"].append(float(torch.nanmean(greedy)))
+        beats = rewards > greedy.repeat_interleave(group)
+        metrics["scst/beats_greedy"].append(float(beats.float().mean()))
+        return output
