@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The UniRG demonstration in one command: testbed -> SFT on A+B -> RL (GRPO) -> SFT vs SFT+RL on held-out C
-# and held-out A/B, with paired bootstrap CIs. Results: var/experiments/unirg-demo/results.md.
-#   experiments/unirg_demo.sh            # full run (~15-20 min on 2 CPU cores)
+# The UniRG demonstration in one command: per fresh testbed seed, `unirg-trainer rl` from the default model on
+# A+B, then SFT vs SFT+RL on unseen institution C and on A/B patients held out of RL, with paired bootstrap
+# CIs. Results: var/experiments/unirg-demo/results.md.
+#   experiments/unirg_demo.sh            # three seeds (~40 min on 2 CPU cores)
 #   experiments/unirg_demo.sh --quick    # smoke run (a few minutes)
 # Extra arguments go to experiments/unirg_demo.py (--help lists them).
 set -euo pipefail

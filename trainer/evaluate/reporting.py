@@ -75,7 +75,8 @@ def _write_text(path: Path, text: str) -> None:
 
 
 # -- rendering -------------------------------------------------------------------------------------------------
-def _fmt(cell: Mapping[str, Any] | None, digits: int = 3) -> str:
+def format_cell(cell: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """``value [ci_low, ci_high]`` of a metric cell (``n/a`` when it has no value)."""
     if cell is None or cell.get("value") is None:
         return "n/a"
     text = f"{cell['value']:.{digits}f}"
@@ -100,7 +101,7 @@ def render_markdown(result: EvalResult) -> str:
               "|---|---:|" + "---:|" * len(cols)]
 
     def row(label: str, block: Mapping[str, Any]) -> str:
-        cells = [_fmt(block["metrics"].get(m.key)) for m in cols]
+        cells = [format_cell(block["metrics"].get(m.key)) for m in cols]
         return f"| {label} | {block['n']} | " + " | ".join(cells) + " |"
 
     lines.append(row("**overall**", result.overall))
@@ -194,13 +195,13 @@ class Comparison:
                 deltas = []
                 for r in others:
                     d = cell["delta"][r]
-                    text = _fmt(d)
+                    text = format_cell(d)
                     if d.get("value") is not None and d["value"] >= 0:
                         text = "+" + text
                     if d.get("ci_low") is not None and (d["ci_low"] > 0 or d["ci_high"] < 0):
                         text += " *"
                     deltas.append(text)
-                lines.append(f"| {m.label} {m.arrow} | " + " | ".join(_fmt(cell["runs"][r]) for r in self.runs)
+                lines.append(f"| {m.label} {m.arrow} | " + " | ".join(format_cell(cell["runs"][r]) for r in self.runs)
                              + " | " + " | ".join(deltas) + " |")
             lines.append("")
         return "\n".join(lines)
