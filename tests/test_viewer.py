@@ -609,7 +609,9 @@ def test_viewer_command_prints_draft_links_and_stops_on_ctrl_c(orthanc_server, d
         r = requests.get(f"http://127.0.0.1:{port}/dicom-web/studies", timeout=10)
         assert r.status_code == 200
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 0, proc.stderr.read()
+        # communicate, not wait: the viewer's stdout/stderr pipes must be drained or its exit can block on them
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
     finally:
         if proc.poll() is None:
             proc.kill()
