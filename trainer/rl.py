@@ -66,6 +66,7 @@ import torch
 from transformers import TrainerCallback
 
 from unirg.model.prompt import format_target
+from unirg.trainer.data.splits import write_holdout
 from unirg.trainer.data.study import study_input
 from unirg.trainer.rewards.table import (
     RewardTerm,
@@ -258,13 +259,6 @@ def load_samples(cfg: RLConfig) -> list:
     return load_split(cfg)[0]
 
 
-def write_holdout(run_dir: Path, held_out: Sequence) -> None:
-    """``OUT/holdout.json``: the patients and studies held out of RL (the format SFT writes)."""
-    (run_dir / "holdout.json").write_text(json.dumps(
-        {"patients": sorted({s.patient_id for s in held_out}), "studies": [s.study_id for s in held_out]},
-        indent=1) + "\n", encoding="utf-8")
-
-
 def build_dataset(samples: Sequence, adapter, *, size: int = 512, longitudinal: bool = True,
                   cache_dir: str | os.PathLike | None = None):
     """A ``datasets.Dataset`` of TRL rows: ``prompt`` (chat messages with image placeholders), ``images``,
@@ -412,7 +406,7 @@ def build_trainer(cfg: RLConfig, *, samples: Sequence | None = None) -> RLSetup:
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if held_out:
-        write_holdout(run_dir, held_out)
+        write_holdout(run_dir, (s.patient_id for s in held_out), [s.study_id for s in held_out])
     dataset = build_dataset(samples, adapter, size=cfg.image_size, longitudinal=cfg.longitudinal,
                             cache_dir=run_dir / "checkpoints" / ".dataset-cache")
     args = _trl_args(cfg, specs, run_dir)

@@ -1,4 +1,4 @@
-"""GRPO with a self-critical baseline (``baseline = "greedy"``): the advantage of a rollout is its reward minus
+"""GRPO with a self-critical baseline (``advantage_baseline = "greedy"``): the advantage of a rollout is its reward minus
 the reward of the policy's *greedy* draft of the same study.
 
 Why: the plugin drafts greedily, and a small policy's greedy draft can be worse than most of its samples (on the

@@ -56,7 +56,7 @@ import torch
 from unirg.model.families import FamilyAdapter, adapter_for, save_processor
 from unirg.model.model import MANIFEST, TRAINING_DATA
 from unirg.model.reload import model_weights_sha256
-from unirg.trainer.data import detect_format
+from unirg.trainer.data import detect_format, write_holdout
 from unirg.trainer.sft_config import SFTRunConfig, load_config
 from unirg.trainer.sft_data import (
     SFTCollator,
@@ -339,14 +339,7 @@ def train_sft(
     train, held_out = patient_split(examples, config.eval_fraction, config.seed)
     if config.max_examples:
         train = train[: config.max_examples]
-    (out / "holdout.json").write_text(
-        json.dumps(
-            {"patients": sorted({e.patient_id for e in held_out}), "studies": [e.study_uid for e in held_out]},
-            indent=1,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    write_holdout(out, (e.patient_id for e in held_out), [e.study_uid for e in held_out])
 
     # starting point
     base_dir: Path

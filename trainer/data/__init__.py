@@ -31,6 +31,7 @@ from unirg.trainer.data.splits import (
     split_by_institution,
     split_by_patient,
     split_of,
+    write_holdout,
 )
 from unirg.trainer.data.testbed import load_testbed
 
@@ -59,6 +60,7 @@ __all__ = [
     "split_by_institution",
     "split_by_patient",
     "split_of",
+    "write_holdout",
     "timelines",
     "write_jsonl_manifest",
 ]

@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from unirg.trainer.data.sample import Sample
@@ -74,6 +76,15 @@ def holdout_split(items: Sequence[T], fraction: float, seed: int) -> tuple[list[
     count = min(len(patients) - 1, max(1, round(len(patients) * fraction)))
     held = set(random.Random(seed).sample(patients, count))
     return [e for e in items if e.patient_id not in held], [e for e in items if e.patient_id in held]
+
+
+def write_holdout(directory: str | Path, patients: Iterable[str], studies: Sequence[str]) -> Path:
+    """``DIR/holdout.json``: the held-out patients (sorted, unique) and their studies. SFT and RL write it; RL
+    leaves the SFT run's patients out, and evaluations read it."""
+    path = Path(directory) / "holdout.json"
+    path.write_text(json.dumps({"patients": sorted(set(patients)), "studies": list(studies)}, indent=1) + "\n",
+                    encoding="utf-8")
+    return path
 
 
 def split_by_institution(samples: Iterable[Sample], *, train: Sequence[str], test: Sequence[str],
