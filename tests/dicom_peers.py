@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -37,10 +38,35 @@ STUB_FINDINGS = "STUB PIPELINE TEXT (no model): lungs clear, heart size normal."
 STUB_IMPRESSION = "STUB PIPELINE TEXT (no model): no acute disease."
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port that is free now and outside the kernel's ephemeral range. A port the kernel
+    hands out for ``bind(0)`` can be handed out again to any outgoing connection (an HTTP request to
+    Orthanc, a C-STORE) before the test's server binds it; ports below the ephemeral range never are."""
+    low, _ = _ephemeral_range()
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(200):
+        port = rng.randrange(20000, low) if low > 20100 else rng.randrange(1024, 65535)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port found below the ephemeral range")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
