@@ -1,4 +1,5 @@
-"""Score report models on a fresh testbed: CheXpert-14 micro/macro F1, distinct drafts, change statements.
+"""Score report models on a fresh testbed: CheXpert-14 micro/macro F1 (all studies, and those with and without
+a prior), distinct drafts, change statements.
 
     python experiments/default_model.py --data var/testbed-s101 --model var/models/unirg-demo \
         [--model OTHER ...] [--max-studies 200] [--out results.json]
@@ -67,6 +68,10 @@ def main() -> None:
             texts = draft_examples(model, chosen, GenerationConfig(max_new_tokens=256, batch_size=8), cache=cache)
             scores = evaluate_chexpert(texts, [e.labels for e in chosen])
             follow = [(t, findings[e.study_uid]) for t, e in zip(texts, chosen) if e.prior_frontal is not None]
+            by_prior = {}
+            for key, has_prior in (("micro_f1_with_prior", True), ("micro_f1_no_prior", False)):
+                part = [(t, e.labels) for t, e in zip(texts, chosen) if (e.prior_frontal is not None) == has_prior]
+                by_prior[key] = round(evaluate_chexpert(*map(list, zip(*part)))["micro"]["f1"], 4) if part else None
             per_set[name] = {
                 "n": len(chosen),
                 "micro_f1": round(scores["micro"]["f1"], 4),
@@ -76,6 +81,7 @@ def main() -> None:
                 "distinct_drafts_abnormal": _distinct([t for t, e in zip(texts, chosen) if _abnormal(e)]),
                 "distinct_references_abnormal": _distinct([e.target for e in chosen if _abnormal(e)]),
                 "with_prior": len(follow),
+                **by_prior,
                 "change": change_scores([t for t, _ in follow], [f for _, f in follow]),
                 "example": texts[0],
             }
@@ -83,7 +89,8 @@ def main() -> None:
         for name, r in per_set.items():
             print(f"{model_dir} {name:>4}: n={r['n']} micro F1 {r['micro_f1']:.3f} macro F1 {r['macro_f1']:.3f} "
                   f"distinct {r['distinct_drafts']:.0%} (references {r['distinct_references']:.0%}; abnormal studies "
-                  f"{r['distinct_drafts_abnormal']:.0%} vs {r['distinct_references_abnormal']:.0%}); change on {r['with_prior']} follow-ups: "
+                  f"{r['distinct_drafts_abnormal']:.0%} vs {r['distinct_references_abnormal']:.0%}); micro F1 with / without a prior "
+                  f"{r['micro_f1_with_prior']} / {r['micro_f1_no_prior']}; change on {r['with_prior']} follow-ups: "
                   f"described {r['change']['described']:.0%}, right {r['change']['correct_of_described']:.0%}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

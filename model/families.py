@@ -43,7 +43,7 @@ import torch
 import transformers
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-from unirg.model.prompt import SYSTEM_PROMPT, build_prompt
+from unirg.model.prompt import PRIOR_REPORT_STYLES, SYSTEM_PROMPT, build_prompt, prior_report_findings
 from unirg.model.study import StudyInput
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "RemoteCodeNotTrusted",
     "UnsupportedModel",
     "adapter_for",
+    "manifest_prior_report_style",
     "read_model_type",
     "save_processor",
 ]
@@ -142,8 +143,11 @@ class FamilyAdapter:
     """Sections the family writes (MAIRA-2 writes findings only)."""
     system_prompt: ClassVar[str | None] = SYSTEM_PROMPT
 
-    def __init__(self, *, trust_remote_code: bool = False) -> None:
+    def __init__(self, *, trust_remote_code: bool = False, prior_report_style: str = "text") -> None:
         self.trust_remote_code = bool(trust_remote_code)  # the operator's opt-in
+        if prior_report_style not in PRIOR_REPORT_STYLES:
+            raise ValueError(f"prior_report_style must be one of {PRIOR_REPORT_STYLES}, not {prior_report_style!r}")
+        self.prior_report_style = prior_report_style  # the checkpoint's (its manifest's "prompt")
 
     def remote_code(self, path: str | Path) -> bool:
         """``trust_remote_code`` for transformers: True only for a family that needs it, when opted in."""
@@ -175,7 +179,8 @@ class FamilyAdapter:
         return cls.from_pretrained(str(path), trust_remote_code=self.remote_code(path), **kwargs)
 
     def prompts(self, studies: Sequence[StudyInput]):
-        return [build_prompt(study, system_prompt=self.system_prompt) for study in studies]
+        return [build_prompt(study, system_prompt=self.system_prompt, prior_report_style=self.prior_report_style)
+                for study in studies]
 
     def prepare(self, processor: Any, studies: Sequence[StudyInput]) -> tuple[Any, list[str]]:
         """One padded batch of ``generate`` inputs and the rendered prompt texts."""
@@ -310,9 +315,11 @@ class Maira2Adapter(FamilyAdapter):
     needs_remote_code = True
     sections = ("findings",)
 
-    @staticmethod
-    def _arguments(study: StudyInput) -> dict[str, Any]:
+    def _arguments(self, study: StudyInput) -> dict[str, Any]:
         has_prior = study.prior_frontal is not None
+        prior_report = study.prior_report if has_prior else None
+        if prior_report is not None and self.prior_report_style == "findings":
+            prior_report = prior_report_findings(prior_report)
         return dict(
             current_frontal=study.frontal,
             current_lateral=study.lateral,
@@ -320,7 +327,7 @@ class Maira2Adapter(FamilyAdapter):
             indication=study.indication,
             technique=study.technique,
             comparison=study.comparison,
-            prior_report=study.prior_report if has_prior else None,
+            prior_report=prior_report,
         )
 
     def prepare(self, processor: Any, studies: Sequence[StudyInput]) -> tuple[Any, list[str]]:
@@ -370,16 +377,34 @@ class Maira2Adapter(FamilyAdapter):
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (QwenVLAdapter, Gemma3Adapter, LlavaAdapter, Maira2Adapter)
 
 
-def adapter_for(path_or_model_type: str | Path, *, trust_remote_code: bool = False) -> FamilyAdapter:
+def manifest_prior_report_style(*directories: str | Path) -> str:
+    """The prior-report style a checkpoint was trained with: the last ``unirg-model.json`` among
+    ``directories`` (base, then adapter) that names one (``"prompt": {"prior_report": ...}``), else ``"text"``."""
+    style = "text"
+    for directory in directories:
+        file = Path(directory) / "unirg-model.json"
+        if file.is_file():
+            prompt = json.loads(file.read_text(encoding="utf-8")).get("prompt") or {}
+            style = str(prompt.get("prior_report") or style)
+    return style
+
+
+def adapter_for(
+    path_or_model_type: str | Path, *, trust_remote_code: bool = False, prior_report_style: str | None = None
+) -> FamilyAdapter:
     """The adapter for a checkpoint directory or a ``model_type`` string.
 
     ``trust_remote_code`` is the operator's opt-in; a family that needs remote code refuses
-    to load without it (:class:`RemoteCodeNotTrusted`).
+    to load without it (:class:`RemoteCodeNotTrusted`). ``prior_report_style`` defaults to the
+    directory's manifest (:func:`manifest_prior_report_style`), ``"text"`` for a ``model_type``.
     """
     text = str(path_or_model_type)
-    model_type = read_model_type(text) if Path(text).is_dir() else text
+    is_dir = Path(text).is_dir()
+    model_type = read_model_type(text) if is_dir else text
+    if prior_report_style is None:
+        prior_report_style = manifest_prior_report_style(text) if is_dir else "text"
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
-            return adapter(trust_remote_code=trust_remote_code)
+            return adapter(trust_remote_code=trust_remote_code, prior_report_style=prior_report_style)
     known = ", ".join(t for adapter in ADAPTERS for t in adapter.model_types)
     raise UnsupportedModel(f"no adapter for model_type {model_type!r}; supported: {known}")

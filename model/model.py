@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from unirg.model.families import FamilyAdapter, adapter_for, read_model_type
+from unirg.model.families import FamilyAdapter, adapter_for, manifest_prior_report_style, read_model_type
 from unirg.model.reload import WEIGHT_SUFFIXES, directories_weights_sha256
 from unirg.model.study import Draft, GenerationConfig, ModelInfo, StudyInput, chunked
 
@@ -264,7 +264,8 @@ def load_model(
         adapter_path, path = path, _adapter_base(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a transformers checkpoint directory")
-    adapter = adapter_for(path, trust_remote_code=trust_remote_code)
+    style = manifest_prior_report_style(path, *([adapter_path] if adapter_path else []))
+    adapter = adapter_for(path, trust_remote_code=trust_remote_code, prior_report_style=style)
     adapter.remote_code(path)  # refuse before reading anything when remote code is not allowed
     info = model_info(path, adapter_path=adapter_path, expected_sha256=expected_sha256)
     torch_device = _default_device(device)

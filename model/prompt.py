@@ -21,21 +21,25 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from dataclasses import dataclass, field
 
 from PIL import Image
 
+from unirg.model.chexpert import OBSERVATIONS, POSITIVE, UNCERTAIN
 from unirg.model.study import StudyInput
 
 __all__ = [
     "INSTRUCTION",
     "INSTRUCTION_LONGITUDINAL",
     "NO_PRIOR_REPORT",
+    "PRIOR_REPORT_STYLES",
     "SYSTEM_PROMPT",
     "Prompt",
     "build_prompt",
     "context_text",
     "format_target",
+    "prior_report_findings",
     "prompt_corpus",
     "to_openai_messages",
 ]
@@ -57,6 +61,15 @@ PRIOR_REPORT_LABEL = "Prior report:"
 NONE_TEXT = "None."
 #: The prior report slot when the prior has no human report (see unirg.plugin.prior_policy).
 NO_PRIOR_REPORT = "No prior report available."
+#: How the prior report enters the prompt: ``"text"`` as written (UniRG-CXR), ``"findings"`` as the
+#: labeler's reading of it (:func:`prior_report_findings`), the same words whatever the site's style.
+#: A checkpoint's manifest names its style (``"prompt": {"prior_report": ...}``); default ``"text"``.
+PRIOR_REPORT_STYLES = ("text", "findings")
+PRIOR_FINDINGS_LABEL = "Prior report findings:"
+NO_PRIOR_FINDINGS = "no acute findings."
+_SEVERITY_WORDS = ("tiny", "trace", "small", "mild", "moderate", "large", "severe", "extensive")
+_SEVERITY = re.compile(rf"\b({'|'.join(_SEVERITY_WORDS)})\b")
+_SEVERITY_WINDOW = 40  # characters before a mention searched for its size word
 
 
 @dataclass
@@ -105,11 +118,56 @@ def format_target(findings: str, impression: str) -> str:
     return f"Findings: {_clean(findings)}\nImpression: {_clean(impression)}"
 
 
+def prior_report_findings(report: str | None) -> str:
+    """The positive and uncertain findings the labeler reads in ``report``, in fixed words.
+
+    One item per CheXpert observation, in :data:`~unirg.model.chexpert.OBSERVATIONS` order, with the
+    laterality and the size word written before it; "possible" marks an uncertain one. A report with no
+    such finding gives :data:`NO_PRIOR_FINDINGS`; a blank one :data:`NO_PRIOR_REPORT`.
+
+    >>> prior_report_findings("Small left pleural effusion. Possible right basal pneumonia. Heart size normal.")
+    'possible right pneumonia; small left pleural effusion.'
+    >>> prior_report_findings("Heart and mediastinal contours are normal. The lungs are clear.")
+    'no acute findings.'
+    """
+    from unirg.model.labeler import extract_mentions
+
+    text = " ".join(str(report or "").split())
+    if not text:
+        return NO_PRIOR_REPORT
+    low = text.lower()
+    found: dict[str, dict] = {}
+    previous_end = 0
+    for mention in sorted(extract_mentions(text), key=lambda m: m.span):
+        start = max(mention.sentence_span[0], previous_end, mention.span[0] - _SEVERITY_WINDOW)
+        previous_end = mention.span[1]
+        if mention.label not in (POSITIVE, UNCERTAIN):
+            continue
+        item = found.setdefault(mention.observation, {"positive": False, "sides": set(), "size": None})
+        item["positive"] = item["positive"] or mention.label == POSITIVE
+        if mention.laterality and mention.observation != "Support Devices":  # a device's side is not a finding's
+            item["sides"].add(mention.laterality)
+        sizes = _SEVERITY.findall(low[start: mention.span[0]])
+        if sizes and item["size"] is None:
+            item["size"] = sizes[-1]
+    items = []
+    for observation in OBSERVATIONS:
+        if observation not in found:
+            continue
+        item = found[observation]
+        sides = item["sides"]
+        side = "bilateral" if "bilateral" in sides or {"left", "right"} <= sides else next(iter(sides), None)
+        words = [None if item["positive"] else "possible", item["size"], side, observation.lower()]
+        items.append(" ".join(w for w in words if w))
+    return ("; ".join(items) + ".") if items else NO_PRIOR_FINDINGS
+
+
 def build_prompt(
     study: StudyInput,
     *,
     longitudinal: bool = True,
     system_prompt: str | None = SYSTEM_PROMPT,
+    prior_report_style: str = "text",
 ) -> Prompt:
     """The chat prompt for ``study``.
 
@@ -123,15 +181,22 @@ def build_prompt(
         (human) report gets :data:`NO_PRIOR_REPORT`.
     system_prompt : str or None
         ``None`` leaves out the system message (for templates without a system role).
+    prior_report_style : str
+        One of :data:`PRIOR_REPORT_STYLES`: the prior report as written, or its findings in fixed words.
     """
+    if prior_report_style not in PRIOR_REPORT_STYLES:
+        raise ValueError(f"prior_report_style must be one of {PRIOR_REPORT_STYLES}, not {prior_report_style!r}")
     with_prior = longitudinal and study.prior_frontal is not None
     content: list[dict] = [{"type": "text", "text": CURRENT_LABEL}, {"type": "image"}]
     images = [study.frontal]
     if with_prior:
         content += [{"type": "text", "text": f"\n{PRIOR_LABEL}"}, {"type": "image"}]
         images.append(study.prior_frontal)
-        report = " ".join(str(study.prior_report or "").split()) or NO_PRIOR_REPORT
-        content.append({"type": "text", "text": f"\n{PRIOR_REPORT_LABEL} {report}"})
+        if prior_report_style == "findings":
+            label, report = PRIOR_FINDINGS_LABEL, prior_report_findings(study.prior_report)
+        else:
+            label, report = PRIOR_REPORT_LABEL, " ".join(str(study.prior_report or "").split()) or NO_PRIOR_REPORT
+        content.append({"type": "text", "text": f"\n{label} {report}"})
     instruction = INSTRUCTION_LONGITUDINAL if with_prior else INSTRUCTION
     context = context_text(study.indication, study.comparison)
     content.append({"type": "text", "text": f"\n{context}\n{instruction}"})
@@ -179,6 +244,10 @@ def prompt_corpus() -> list[str]:
         PRIOR_LABEL,
         PRIOR_REPORT_LABEL,
         NO_PRIOR_REPORT,
+        PRIOR_FINDINGS_LABEL,
+        NO_PRIOR_FINDINGS,
+        " ".join(("possible", *_SEVERITY_WORDS, "left", "right", "bilateral")),
+        "; ".join(o.lower() for o in OBSERVATIONS[1:]) + ".",
         context_text(None, None),
         format_target("", ""),
     ]

@@ -69,7 +69,7 @@ echo "build-demo-model: vision pre-training, then SFT (TRL SFTTrainer, $THREADS 
 "$PY" -c 'from unirg.trainer.train_cli import sft; sft(prog_name="unirg-trainer sft")' \
   --data "$TESTBED" --out "$WORK" --init tiny-qwen3-vl --institutions A,B --full \
   --image-size 128 --hidden-size 128 --layers 4 --vision-hidden-size 64 --vision-layers 2 \
-  --vision-pretrain-epochs 20 --freeze-vision \
+  --vision-pretrain-epochs 20 --freeze-vision --prior-report-style findings \
   --max-steps 2000 --batch-size 16 --lr 2e-3 --warmup 0.05 --lr-scheduler cosine --seed 0 \
   --eval-fraction 0.15 --save-steps 0 --logging-steps 50 --threads "$THREADS" \
   --name unirg-demo --evaluate --eval-institutions C --eval-max-studies 100

@@ -4,6 +4,7 @@ The configs are shrunk so the module runs in about a minute or two on 2 CPU core
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,12 @@ def _config(tiny, testbed, out, **extra):
 
 @pytest.fixture(scope="module")
 def run(tiny, testbed, tmp_path_factory):
+    # a start policy trained with the labeler's reading of the prior report (the demo model's prompt)
+    start = tmp_path_factory.mktemp("start") / "model"
+    shutil.copytree(tiny, start)
+    (start / "unirg-model.json").write_text(json.dumps({"name": "tiny-findings", "prompt": {"prior_report": "findings"}}))
     out = tmp_path_factory.mktemp("rl") / "run"
-    cfg = _config(tiny, testbed.root, out)
+    cfg = _config(start, testbed.root, out)
     setup = build_trainer(cfg)
     initial = {
         name.replace(".default", ""): param.detach().clone()
@@ -114,6 +119,7 @@ def test_checkpoints_and_run_summary(run):
     assert summary["settings"]["preset"] == "unirg-step1"
     manifest = json.loads((result.out_dir / "unirg-model.json").read_text())
     assert manifest["version"].startswith("rl-") and manifest["stage"] == "rl"
+    assert manifest["prompt"] == {"prior_report": "findings"}  # the start policy's prompt, kept
 
 
 def test_trained_model_loads_and_drafts_through_the_plugin(run, testbed):
@@ -122,6 +128,7 @@ def test_trained_model_loads_and_drafts_through_the_plugin(run, testbed):
     study = study_input(sample, size=cfg.image_size)
     for path in (result.out_dir, result.out_dir / "adapter"):  # merged checkpoint, and adapter on the SFT base
         model = load_model(path, device="cpu")
+        assert model.adapter.prior_report_style == "findings"
         [draft] = model.draft([study], GenerationConfig(max_new_tokens=8))
         assert draft.model_info.version
         assert isinstance(draft.raw_text, str)
@@ -142,8 +149,10 @@ def test_trl_renders_the_plugins_prompt(run):
         prompt = prepare_multimodal_messages(row["prompt"], images=row["images"])
         ids, images, fields = trainer._tokenize_prompts([prompt])
         study = study_input(samples[index], size=cfg.image_size)
-        plugin_inputs, _ = setup.adapter.prepare(setup.processor, [study])
+        plugin_inputs, texts = setup.adapter.prepare(setup.processor, [study])
         assert list(ids[0]) == plugin_inputs["input_ids"][0].tolist()
+        if study.prior_frontal is not None:
+            assert "Prior report findings:" in texts[0] and "Prior report:" not in texts[0]
         assert torch.equal(torch.as_tensor(fields["image_grid_thw"]), plugin_inputs["image_grid_thw"])
 
 

@@ -161,6 +161,24 @@ def test_training_prompt_is_the_inference_prompt(testbed, tmp_path):
         assert ours.frontal.tobytes() == reference.frontal.tobytes()
 
 
+def test_prior_report_style_is_trained_recorded_and_inherited(testbed, tmp_path):
+    from unirg.model.prompt import PRIOR_FINDINGS_LABEL, PRIOR_REPORT_LABEL
+
+    result, _ = _train(testbed, tmp_path / "findings", max_steps=1, lora=False, prior_report_style="findings")
+    assert result.manifest["prompt"] == {"prior_report": "findings"}
+    model = load_model(tmp_path / "findings")
+    assert model.adapter.prior_report_style == "findings"
+    with_prior = next(e for e in result.train_examples if e.prior_frontal)
+    [text] = model.adapter.prepare(model.processor, [StudyInputCache().study(with_prior)])[1]
+    assert PRIOR_FINDINGS_LABEL in text and f"{PRIOR_REPORT_LABEL} " not in text
+    # fine-tuning it further keeps its prompt; a model built from scratch writes the prior report as is
+    lora, _ = _train(testbed, tmp_path / "lora", max_steps=1, init=None, base=str(tmp_path / "findings"), lora=True)
+    assert lora.manifest["prompt"] == {"prior_report": "findings"}
+    assert load_model(tmp_path / "lora").adapter.prior_report_style == "findings"
+    plain, _ = _train(testbed, tmp_path / "plain", max_steps=1, lora=False)
+    assert plain.manifest["prompt"] == {"prior_report": "text"}
+
+
 def test_patient_split_is_disjoint_and_seeded(testbed):
     examples = testbed_examples(testbed.root, institutions=None)
     train, held = patient_split(examples, 0.34, seed=1)

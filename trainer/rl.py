@@ -292,7 +292,7 @@ def _fingerprint(samples: Sequence, adapter, size: int, longitudinal: bool) -> s
 
     from unirg.model.prompt import INSTRUCTION
 
-    digest = hashlib.sha256(f"unirg-rl:{adapter.name}:{adapter.system_prompt}:{INSTRUCTION}:{size}:"
+    digest = hashlib.sha256(f"unirg-rl:{adapter.name}:{adapter.system_prompt}:{adapter.prior_report_style}:{INSTRUCTION}:{size}:"
                             f"{longitudinal}".encode())
     for sample in samples:
         digest.update(f"{sample.sample_id}|{sample.frontal.path if sample.frontal else ''}\n".encode())
@@ -485,7 +485,8 @@ def _save_outputs(setup: RLSetup, cfg: RLConfig) -> dict:
     sft = Path(cfg.sft)
     name = f"{sft.resolve().name}-{cfg.preset or cfg.algorithm}"
     extra = {"stage": "rl", "preset": cfg.preset, "algorithm": cfg.algorithm, "start_policy": str(sft.resolve()),
-             "global_step": trainer.state.global_step}
+             "global_step": trainer.state.global_step,
+             "prompt": {"prior_report": setup.adapter.prior_report_style}}  # the start policy's
     if _synthetic_only(sft, cfg):
         extra["training_data"] = "synthetic"  # drafts then say so in their disclaimer
     if hasattr(model, "peft_config"):

@@ -127,7 +127,8 @@ def prepare_model(config: SFTRunConfig, base_dir: Path) -> tuple[Any, Any, Famil
 
     Returns ``(model, processor, adapter)``; the model is a ``PeftModel`` with LoRA.
     """
-    adapter = adapter_for(base_dir, trust_remote_code=config.trust_remote_code)
+    adapter = adapter_for(base_dir, trust_remote_code=config.trust_remote_code,
+                          prior_report_style=config.prior_report_style)  # None: the base's
     processor = adapter.load_processor(base_dir)
     device = _device(config)
     model = adapter.load_model(base_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -429,6 +430,7 @@ def train_sft(
         base_dir=base_dir,
         merge_lora=config.merge_lora,
         family=adapter.name,
+        prompt={"prior_report": adapter.prior_report_style},
         training=training,
         **({TRAINING_DATA: "synthetic"} if synthetic else {}),  # drafts then say so in their disclaimer
     )

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unirg.model.prompt import PRIOR_REPORT_STYLES
+
 __all__ = ["INITS", "SFTRunConfig", "load_config"]
 
 INITS = ("tiny-qwen3-vl", "tiny-qwen2.5-vl")
@@ -55,6 +57,11 @@ class SFTRunConfig:
         has a prior, as inference does.
     max_examples : int, optional
         Use at most this many training examples (quick runs).
+    prior_report_style : str, optional
+        How the prior report enters the prompt (:data:`unirg.model.prompt.PRIOR_REPORT_STYLES`):
+        ``"text"`` as written, ``"findings"`` as the labeler reads it, in fixed words. Default: the
+        base checkpoint's (its manifest's), ``"text"`` for ``init``. Recorded in the model's manifest,
+        so inference builds the same prompt.
 
     Model
     -----
@@ -115,6 +122,7 @@ class SFTRunConfig:
     eval_fraction: float = 0.1
     priors: bool = True
     max_examples: int | None = None
+    prior_report_style: str | None = None
 
     base: str | None = None
     init: str | None = None
@@ -243,6 +251,10 @@ class SFTRunConfig:
             problems.append(f"tiny_layers must be >= 1, got {self.tiny_layers}")
         if self.tiny_vocab_size < 300:
             problems.append(f"tiny_vocab_size must be >= 300 (byte alphabet + special tokens), got {self.tiny_vocab_size}")
+        if self.prior_report_style is not None and self.prior_report_style not in PRIOR_REPORT_STYLES:
+            problems.append(
+                f"prior_report_style must be one of {', '.join(PRIOR_REPORT_STYLES)}, got {self.prior_report_style!r}"
+            )
         if self.merge_lora and self.use_lora is False:
             problems.append("merge_lora only applies to LoRA training; drop it or pass --lora")
         if problems:

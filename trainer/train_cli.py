@@ -46,6 +46,8 @@ def _institutions(_ctx, _param, value: str | None):
 @click.option("--seed", type=int, help="Seed for the model init, split, data order (default 0).")
 @click.option("--eval-fraction", type=float, help="Share of patients held out (default 0.1).")
 @click.option("--priors/--no-priors", default=None, help="Longitudinal examples with the prior image and report.")
+@click.option("--prior-report-style", type=click.Choice(["text", "findings"]),
+              help="Prior report in the prompt as written, or as the labeler's findings (default: the base's).")
 @click.option("--image-size", "tiny_image_size", type=int, help="--init model: image side in pixels (default 128).")
 @click.option("--hidden-size", "tiny_hidden_size", type=int, help="--init model: text width (default 128).")
 @click.option("--layers", "tiny_layers", type=int, help="--init model: text layers (default 4).")
