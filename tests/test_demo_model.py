@@ -32,6 +32,7 @@ def test_shipped_weights_match_their_manifest():
     assert manifest[TRAINING_DATA] == "synthetic"
     training = manifest["training"]
     assert training["institutions"] == ["A", "B"] and training["vision_frozen"] is True
+    assert manifest["prompt"] == {"prior_report": "findings"}  # the prior report as the labeler reads it
     assert training["vision_pretraining"]["held_out"]["micro_f1"] > 0.5
     assert sum(f.stat().st_size for f in SHIPPED.iterdir()) < 20 * 2**20
 
