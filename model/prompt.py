@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from unirg.model.chexpert import OBSERVATIONS, POSITIVE, UNCERTAIN
+from unirg.model.labeler import extract_mentions
 from unirg.model.study import StudyInput
 
 __all__ = [
@@ -130,8 +131,6 @@ def prior_report_findings(report: str | None) -> str:
     >>> prior_report_findings("Heart and mediastinal contours are normal. The lungs are clear.")
     'no acute findings.'
     """
-    from unirg.model.labeler import extract_mentions
-
     text = " ".join(str(report or "").split())
     if not text:
         return NO_PRIOR_REPORT
