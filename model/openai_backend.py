@@ -46,8 +46,9 @@ class OpenAIBackend:
         :func:`unirg.model.model_info` of the served checkpoint when you have it.
     timeout : float
         Seconds per request.
-    system_prompt : str or None
-        As in :func:`~unirg.model.prompt.build_prompt`.
+    system_prompt, prior_report_style : str or None, str
+        As in :func:`~unirg.model.prompt.build_prompt`; give the served checkpoint's prior-report style
+        (its manifest's, :func:`unirg.model.families.manifest_prior_report_style`).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class OpenAIBackend:
         info: ModelInfo | None = None,
         timeout: float = 300.0,
         system_prompt: str | None = SYSTEM_PROMPT,
+        prior_report_style: str = "text",
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -68,6 +70,7 @@ class OpenAIBackend:
         self.info = info or ModelInfo(name=model[:64], version="served", weights_sha256="")
         self.timeout = timeout
         self.system_prompt = system_prompt
+        self.prior_report_style = prior_report_style
 
     def request_body(self, prompt: Prompt, generation: GenerationConfig) -> dict:
         """The JSON body sent for ``prompt``."""
@@ -106,11 +109,11 @@ class OpenAIBackend:
             raise OpenAIBackendError(f"cannot reach {self.url}: {exc}") from exc
 
     def _draft_one(self, study: StudyInput, generation: GenerationConfig) -> Draft:
-        prompt = build_prompt(study, system_prompt=self.system_prompt)
+        prompt = build_prompt(study, system_prompt=self.system_prompt, prior_report_style=self.prior_report_style)
         answer = self._post(self.request_body(prompt, generation))
         try:
             choice = answer["choices"][0]
-            text = choice["message"].get("content") or ""
+            text = (choice["message"].get("content") or "").strip()  # as the local backend's postprocess
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise OpenAIBackendError(f"not a chat completion: {json.dumps(answer)[:300]}") from exc
         finish = choice.get("finish_reason")

@@ -71,3 +71,13 @@ def other_ai_report(images, findings: str, when: dt.datetime, *, how: str = "dev
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="OtherVendor",
         series_description="Chest report", contributing_equipment=equipment,
         content_date=DA(when.date()), content_time=TM(when.time()))
+
+
+def prior_in_prompt(report_sr) -> str:
+    """What the demo model's prompt says of a prior report SR: the labeler's reading of its text (the
+    demo model's manifest names the ``findings`` prior-report style)."""
+    from unirg.model.prompt import PRIOR_FINDINGS_LABEL, prior_report_findings
+    from unirg.plugin.pipeline import prior_report_text
+
+    text, _source = prior_report_text(None, [report_sr])
+    return f"{PRIOR_FINDINGS_LABEL} {prior_report_findings(text)}"

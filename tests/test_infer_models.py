@@ -88,7 +88,8 @@ def test_draft_batch_end_to_end(models, family):
         assert isinstance(draft, Draft)
         assert draft.model_info == model.info and draft.study_uid == study.study_uid
         assert isinstance(draft.raw_text, str) and isinstance(draft.flags, tuple)
-        assert draft.flags or draft.ok
+        complete = draft.ok or (model.adapter.sections == ("findings",) and bool(draft.findings.strip()))
+        assert draft.flags or complete  # MAIRA-2 writes findings only
     no_prior, prior, _lateral = (d.prompt_text for d in drafts)
     if family == "maira2":  # MAIRA-2's own prompt; prior report only with a prior image
         assert "PRIOR_REPORT: Findings: Small left effusion." in prior and "PRIOR_REPORT" not in no_prior

@@ -36,6 +36,7 @@ from dicom_peers import (
 from pydicom import dcmread
 
 from conftest import ReconnectingSession
+from prior_reports import prior_in_prompt
 from unirg.plugin.orthanc.server import ORTHANC_BINARY, OrthancServer
 from unirg.sr_writer import RESEARCH_LABEL, ReportSections, build_reference_sr, read_report
 
@@ -415,7 +416,7 @@ def test_real_pipeline_demo_model_prior_report_reaches_the_prompt(tmp_path, vali
         (job,) = run.jobs(study_uid)
         assert job["state"] == "done" and job["result"]["priors"]["study_uids"] == [prior["study_uid"]]
         # the signed prior report, read by the worker from Orthanc, is in this study's prompt
-        prior_findings = " ".join(read_report(dcmread(tb / prior["report_sr"])).findings.split())
+        prior_findings = prior_in_prompt(dcmread(tb / prior["report_sr"]))  # as the demo model reads it
         prompts = [line for line in run.log_text().splitlines() if f"event=prompt study={study_uid}" in line]
         assert prompts, f"no prompt logged for {study_uid}:\n{run.log_text()[-6000:]}"
         assert prior_findings in " ".join(prompts[-1].split()), (prior_findings, prompts[-1])
