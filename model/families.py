@@ -43,7 +43,7 @@ import torch
 import transformers
 from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-from unirg.model.prompt import PRIOR_REPORT_STYLES, SYSTEM_PROMPT, build_prompt, prior_report_findings
+from unirg.model.prompt import SYSTEM_PROMPT, build_prompt, check_prior_report_style, prior_report_findings
 from unirg.model.study import StudyInput
 
 __all__ = [
@@ -57,7 +57,6 @@ __all__ = [
     "RemoteCodeNotTrusted",
     "UnsupportedModel",
     "adapter_for",
-    "manifest_prior_report_style",
     "read_model_type",
     "save_processor",
 ]
@@ -145,9 +144,7 @@ class FamilyAdapter:
 
     def __init__(self, *, trust_remote_code: bool = False, prior_report_style: str = "text") -> None:
         self.trust_remote_code = bool(trust_remote_code)  # the operator's opt-in
-        if prior_report_style not in PRIOR_REPORT_STYLES:
-            raise ValueError(f"prior_report_style must be one of {PRIOR_REPORT_STYLES}, not {prior_report_style!r}")
-        self.prior_report_style = prior_report_style  # the checkpoint's (its manifest's "prompt")
+        self.prior_report_style = check_prior_report_style(prior_report_style)  # the checkpoint's (its manifest's "prompt")
 
     def remote_code(self, path: str | Path) -> bool:
         """``trust_remote_code`` for transformers: True only for a family that needs it, when opted in."""
@@ -377,32 +374,17 @@ class Maira2Adapter(FamilyAdapter):
 ADAPTERS: tuple[type[FamilyAdapter], ...] = (QwenVLAdapter, Gemma3Adapter, LlavaAdapter, Maira2Adapter)
 
 
-def manifest_prior_report_style(*directories: str | Path) -> str:
-    """The prior-report style a checkpoint was trained with: the last ``unirg-model.json`` among
-    ``directories`` (base, then adapter) that names one (``"prompt": {"prior_report": ...}``), else ``"text"``."""
-    style = "text"
-    for directory in directories:
-        file = Path(directory) / "unirg-model.json"
-        if file.is_file():
-            prompt = json.loads(file.read_text(encoding="utf-8")).get("prompt") or {}
-            style = str(prompt.get("prior_report") or style)
-    return style
-
-
 def adapter_for(
-    path_or_model_type: str | Path, *, trust_remote_code: bool = False, prior_report_style: str | None = None
+    path_or_model_type: str | Path, *, trust_remote_code: bool = False, prior_report_style: str = "text"
 ) -> FamilyAdapter:
     """The adapter for a checkpoint directory or a ``model_type`` string.
 
     ``trust_remote_code`` is the operator's opt-in; a family that needs remote code refuses
-    to load without it (:class:`RemoteCodeNotTrusted`). ``prior_report_style`` defaults to the
-    directory's manifest (:func:`manifest_prior_report_style`), ``"text"`` for a ``model_type``.
+    to load without it (:class:`RemoteCodeNotTrusted`). ``prior_report_style``: the checkpoint's
+    (:func:`unirg.model.model.manifest_prior_report_style` reads it from its manifest).
     """
     text = str(path_or_model_type)
-    is_dir = Path(text).is_dir()
-    model_type = read_model_type(text) if is_dir else text
-    if prior_report_style is None:
-        prior_report_style = manifest_prior_report_style(text) if is_dir else "text"
+    model_type = read_model_type(text) if Path(text).is_dir() else text
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter(trust_remote_code=trust_remote_code, prior_report_style=prior_report_style)

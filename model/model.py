@@ -26,11 +26,19 @@ from typing import Any
 
 import torch
 
-from unirg.model.families import FamilyAdapter, adapter_for, manifest_prior_report_style, read_model_type
+from unirg.model.families import FamilyAdapter, adapter_for, read_model_type
 from unirg.model.reload import WEIGHT_SUFFIXES, directories_weights_sha256
 from unirg.model.study import Draft, GenerationConfig, ModelInfo, StudyInput, chunked
 
-__all__ = ["MANIFEST", "ReportModel", "WeightsMismatch", "load_model", "model_info", "weights_sha256"]
+__all__ = [
+    "MANIFEST",
+    "ReportModel",
+    "WeightsMismatch",
+    "load_model",
+    "manifest_prior_report_style",
+    "model_info",
+    "weights_sha256",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,18 @@ def weights_sha256(*directories: str | Path, memo: dict[Path, str] | None = None
     ``memo`` shares per-file hashes within one load.
     """
     return directories_weights_sha256([Path(d) for d in directories], memo)
+
+
+def manifest_prior_report_style(*directories: str | Path) -> str:
+    """The prior-report style a checkpoint was trained with: the last :data:`MANIFEST` among ``directories``
+    (base, then adapter) that names one (``"prompt": {"prior_report": ...}``), else ``"text"``."""
+    style = "text"
+    for directory in directories:
+        file = Path(directory) / MANIFEST
+        if file.is_file():
+            prompt = json.loads(file.read_text(encoding="utf-8")).get("prompt") or {}
+            style = str(prompt.get("prior_report") or style)
+    return style
 
 
 def model_info(

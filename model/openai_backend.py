@@ -48,7 +48,7 @@ class OpenAIBackend:
         Seconds per request.
     system_prompt, prior_report_style : str or None, str
         As in :func:`~unirg.model.prompt.build_prompt`; give the served checkpoint's prior-report style
-        (its manifest's, :func:`unirg.model.families.manifest_prior_report_style`).
+        (its manifest's, :func:`unirg.model.model.manifest_prior_report_style`).
     """
 
     def __init__(

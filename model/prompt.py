@@ -38,6 +38,7 @@ __all__ = [
     "SYSTEM_PROMPT",
     "Prompt",
     "build_prompt",
+    "check_prior_report_style",
     "context_text",
     "format_target",
     "prior_report_findings",
@@ -119,6 +120,13 @@ def format_target(findings: str, impression: str) -> str:
     return f"Findings: {_clean(findings)}\nImpression: {_clean(impression)}"
 
 
+def check_prior_report_style(style: str) -> str:
+    """``style`` when it is one of :data:`PRIOR_REPORT_STYLES`, else ``ValueError``."""
+    if style not in PRIOR_REPORT_STYLES:
+        raise ValueError(f"prior_report_style must be one of {PRIOR_REPORT_STYLES}, not {style!r}")
+    return style
+
+
 def prior_report_findings(report: str | None) -> str:
     """The positive and uncertain findings the labeler reads in ``report``, in fixed words.
 
@@ -183,8 +191,7 @@ def build_prompt(
     prior_report_style : str
         One of :data:`PRIOR_REPORT_STYLES`: the prior report as written, or its findings in fixed words.
     """
-    if prior_report_style not in PRIOR_REPORT_STYLES:
-        raise ValueError(f"prior_report_style must be one of {PRIOR_REPORT_STYLES}, not {prior_report_style!r}")
+    check_prior_report_style(prior_report_style)
     with_prior = longitudinal and study.prior_frontal is not None
     content: list[dict] = [{"type": "text", "text": CURRENT_LABEL}, {"type": "image"}]
     images = [study.frontal]

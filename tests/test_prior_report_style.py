@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from unirg.model.chexpert import OBSERVATIONS
-from unirg.model.families import adapter_for, manifest_prior_report_style
+from unirg.model.families import adapter_for
+from unirg.model.model import manifest_prior_report_style
 from unirg.model.labeler import label_report
 from unirg.model.prompt import (
     NO_PRIOR_FINDINGS,

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 
 from unirg.model.families import FamilyAdapter, adapter_for, save_processor
-from unirg.model.model import MANIFEST, TRAINING_DATA
+from unirg.model.model import MANIFEST, TRAINING_DATA, manifest_prior_report_style
 from unirg.model.reload import model_weights_sha256
 from unirg.trainer.data import detect_format, write_holdout
 from unirg.trainer.sft_config import SFTRunConfig, load_config
@@ -128,7 +128,7 @@ def prepare_model(config: SFTRunConfig, base_dir: Path) -> tuple[Any, Any, Famil
     Returns ``(model, processor, adapter)``; the model is a ``PeftModel`` with LoRA.
     """
     adapter = adapter_for(base_dir, trust_remote_code=config.trust_remote_code,
-                          prior_report_style=config.prior_report_style)  # None: the base's
+                          prior_report_style=config.prior_report_style or manifest_prior_report_style(base_dir))
     processor = adapter.load_processor(base_dir)
     device = _device(config)
     model = adapter.load_model(base_dir, dtype=torch.float32, attn_implementation="sdpa")
