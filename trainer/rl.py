@@ -68,6 +68,7 @@ from transformers import TrainerCallback
 from unirg.model.prompt import format_target
 from unirg.trainer.data.splits import write_holdout
 from unirg.trainer.data.study import study_input
+from unirg.trainer.rl_generation import with_merged_lora_generation
 from unirg.trainer.rewards.table import (
     RewardTerm,
     resolve_rewards,
@@ -410,7 +411,7 @@ def build_trainer(cfg: RLConfig, *, samples: Sequence | None = None) -> RLSetup:
     dataset = build_dataset(samples, adapter, size=cfg.image_size, longitudinal=cfg.longitudinal,
                             cache_dir=run_dir / "checkpoints" / ".dataset-cache")
     args = _trl_args(cfg, specs, run_dir)
-    trainer_cls = GRPOTrainer if cfg.algorithm == "grpo" else RLOOTrainer
+    trainer_cls = with_merged_lora_generation(GRPOTrainer if cfg.algorithm == "grpo" else RLOOTrainer)
     if cfg.advantage_baseline == "greedy":
         from unirg.trainer.rl_scst import SelfCriticalGRPOTrainer
 
@@ -424,6 +425,7 @@ def build_trainer(cfg: RLConfig, *, samples: Sequence | None = None) -> RLSetup:
         peft_config=lora_config(cfg) if cfg.use_lora else None,
         callbacks=[ZeroStdMonitor(cfg.zero_std_warning)],
     )
+    trainer.merge_lora_for_generation = cfg.merge_lora_for_generation
     return RLSetup(config=cfg, trainer=trainer, specs=specs, processor=processor, adapter=adapter,
                    train_samples=len(samples), run_dir=run_dir)
 

@@ -192,6 +192,11 @@ class RLConfig(GRPOConfig):
     lora_target_modules: str | list[str] = field(
         default=DEFAULT_LORA_TARGETS, metadata={"help": "Regex or list of module names to adapt."}
     )
+    merge_lora_for_generation: bool = field(
+        default=True,
+        metadata={"help": "Merge the adapter into the base weights while rollouts are generated (same samples, "
+                          "fewer operations per token; unirg.trainer.rl_generation). Not with vLLM, DeepSpeed, FSDP."},
+    )
 
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: torch's default)."})
 
@@ -371,7 +376,8 @@ class RLConfig(GRPOConfig):
             "preset", "algorithm", "advantage_baseline", "sft", "data", "output_dir", "train_institutions",
             "max_train_samples", "holdout_fraction",
             "longitudinal", "image_size", "reward_components", "reward_scaling", "reward_standardize", "use_lora",
-            "lora_r", "lora_alpha", "lora_dropout", "num_generations", "per_device_train_batch_size",
+            "lora_r", "lora_alpha", "lora_dropout", "merge_lora_for_generation", "num_generations",
+            "per_device_train_batch_size",
             "gradient_accumulation_steps", "learning_rate", "beta", "epsilon", "epsilon_high", "temperature",
             "top_p", "max_completion_length", "loss_type", "scale_rewards", "num_train_epochs", "max_steps",
             "seed", "use_vllm", "vllm_mode", "threads",
@@ -413,6 +419,7 @@ SECTIONS: dict[str, dict[str, str]] = {
         "alpha": "lora_alpha",
         "dropout": "lora_dropout",
         "target_modules": "lora_target_modules",
+        "merge_for_generation": "merge_lora_for_generation",
     },
     "data": {
         "path": "data",

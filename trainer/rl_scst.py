@@ -12,8 +12,11 @@ draft is pushed up and every one that does worse is pushed down, which moves exa
 The advantage is the plain reward difference (not divided by the group's reward std: a group of equal samples
 that all beat the greedy draft has std 0 and still carries signal). Everything else (rollouts, loss, clipping,
 KL, logging) is TRL's :class:`~trl.GRPOTrainer`; the greedy drafts reuse its prompt tokenisation and generation
-path with a greedy generation config. Logged per step: ``scst/greedy_reward`` (mean reward of the greedy
-drafts) and ``scst/beats_greedy`` (share of rollouts scoring above their greedy draft).
+path. With ``generate`` on the trainer's device (no vLLM), the greedy drafts are extra rows of the rollouts'
+``generate`` call, made greedy by :class:`~unirg.trainer.rl_generation.GreedyRows`: one decoding loop per step
+instead of two. Elsewhere they take a second, greedy ``generate`` call. Logged per step: ``scst/greedy_reward``
+(mean reward of the greedy drafts) and ``scst/beats_greedy`` (share of rollouts scoring above their greedy
+draft).
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ import copy
 import torch
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational, prepare_multimodal_messages
+
+from unirg.trainer.rl_generation import (
+    GreedyRows,
+    MergedLoRAGeneration,
+    extra_logits_processor,
+    merge_multimodal_fields,
+)
 
 __all__ = ["SelfCriticalGRPOTrainer", "self_critical_advantages"]
 
@@ -35,8 +45,11 @@ def self_critical_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor
     return torch.nan_to_num(advantages, nan=0.0)
 
 
-class SelfCriticalGRPOTrainer(GRPOTrainer):
+class SelfCriticalGRPOTrainer(MergedLoRAGeneration, GRPOTrainer):
     """:class:`~trl.GRPOTrainer` whose advantages use the greedy draft of each prompt as the baseline."""
+
+    _greedy_heads: list | None = None  # head prompts whose greedy drafts ride in the next rollout call
+    _folded_greedy_ids: list[list[int]] | None = None
 
     def _greedy_config(self):
         config = copy.deepcopy(self.generation_config)
@@ -60,12 +73,36 @@ class SelfCriticalGRPOTrainer(GRPOTrainer):
         total[torch.isnan(per_func).all(dim=1)] = torch.nan
         return total
 
-    def _greedy_completion_ids(self, heads: list[dict]) -> tuple[list, list[list[int]]]:
+    @staticmethod
+    def _head_messages(heads: list[dict]) -> list:
         prompts = [copy.deepcopy(x["prompt"]) for x in heads]
         if "images" in heads[0] and any(x.get("images") for x in heads):
             prompts = [prepare_multimodal_messages(p, images=x.get("images")) for p, x in zip(prompts, heads,
                                                                                              strict=True)]
-        prompt_ids, images, multimodal_fields = self._tokenize_prompts(prompts)
+        return prompts
+
+    def _folds_greedy(self) -> bool:
+        return not self.use_vllm and not getattr(self, "use_transformers_continuous_batching", False)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+        heads, self._greedy_heads = self._greedy_heads, None
+        if heads is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, *args,
+                                                 **kwargs)
+        head_ids, head_images, head_fields = self._tokenize_prompts(self._head_messages(heads))
+        rows = len(prompt_ids)
+        with extra_logits_processor(self._generation_model(), GreedyRows(range(rows, rows + len(heads)))):
+            completion_ids, logprobs = super()._generate_single_turn(
+                list(prompt_ids) + list(head_ids),
+                None if images is None else list(images) + list(head_images),
+                merge_multimodal_fields(multimodal_fields, head_fields),
+                num_generations, *args, **kwargs)
+        self._folded_greedy_ids = completion_ids[rows:]
+        return completion_ids[:rows], None if logprobs is None else logprobs[:rows]
+
+    def _greedy_completion_ids(self, heads: list[dict]) -> tuple[list, list[list[int]]]:
+        """A separate greedy ``generate`` call (the path when the drafts could not ride with the rollouts)."""
+        prompt_ids, images, multimodal_fields = self._tokenize_prompts(self._head_messages(heads))
         sampling = self.generation_config
         self.generation_config = self._greedy_config()
         try:
@@ -75,15 +112,24 @@ class SelfCriticalGRPOTrainer(GRPOTrainer):
         return [x["prompt"] for x in heads], completion_ids
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        if not self.model.training:
-            return output  # evaluation: GRPO's own advantages (not used for a loss)
+        training = self.model.training
         group = self.num_generations
         heads = inputs[::group]
+        self._folded_greedy_ids = None
+        self._greedy_heads = heads if training and self._folds_greedy() else None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._greedy_heads = None
+        if not training:
+            return output  # evaluation: GRPO's own advantages (not used for a loss)
         mask = output["completion_mask"].bool().cpu()
         sampled = [ids[m].tolist() for ids, m in zip(output["completion_ids"].cpu(), mask, strict=True)]
         rewards = self._total_rewards(inputs, [x["prompt"] for x in inputs], sampled)
-        head_prompts, greedy_ids = self._greedy_completion_ids(heads)
+        if self._folded_greedy_ids is not None:
+            head_prompts, greedy_ids = [x["prompt"] for x in heads], self._folded_greedy_ids
+        else:
+            head_prompts, greedy_ids = self._greedy_completion_ids(heads)
         greedy = self._total_rewards(heads, head_prompts, greedy_ids)
         advantages = self_critical_advantages(rewards, torch.nan_to_num(greedy, nan=0.0), group)
         output["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
