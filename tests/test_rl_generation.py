@@ -1,12 +1,12 @@
-"""Cheaper rollouts that sample what they sampled before: the LoRA adapter merged while ``generate`` runs, and the
-self-critical baseline's greedy drafts as greedy rows of the rollouts' own ``generate`` call. Tiny real Qwen3-VL,
-real PEFT and TRL, synthetic testbed."""
+"""Cheaper rollouts that sample what they sampled before: the LoRA adapter merged while ``generate`` runs, the
+self-critical baseline's greedy drafts as greedy rows of the rollouts' own ``generate`` call, and gray images kept
+as one band in the RL dataset. Tiny real Qwen3-VL, real PEFT and TRL, synthetic testbed."""
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from unirg.trainer.rl import build_trainer, load_samples
+from unirg.trainer.rl import build_trainer, converts_to_rgb, load_samples, stored_image
 from unirg.trainer.rl_config import config_values, load_rl_config
 from unirg.trainer.rl_generation import GreedyRows, merge_multimodal_fields, merged_lora
 from unirg.trainer.tiny_models import build_tiny_qwen3_vl
@@ -35,6 +35,29 @@ def test_multimodal_fields_of_two_batches_join_row_by_row():
     assert merged["mm"] == [[0, 1], [1, 1]]
     with pytest.raises(ValueError, match="differ"):
         merge_multimodal_fields(first, {"pixel_values": torch.ones(1, 3)})
+
+
+def test_a_gray_image_is_stored_as_one_band_and_the_processor_sees_the_same_pixels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from unirg.model.families import QwenVLAdapter
+
+    gray = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 80), dtype=np.uint8)).convert("RGB")
+    stored = stored_image(gray, gray_as_l=True)
+    assert stored.mode == "L" and stored.tobytes() == gray.convert("L").tobytes()
+    assert stored_image(gray, gray_as_l=False) is gray
+    tinted = gray.copy()
+    tinted.putpixel((3, 4), (10, 20, 30))
+    assert stored_image(tinted, gray_as_l=True) is tinted  # not gray: kept as it is
+
+    tiny = build_tiny_qwen3_vl(tmp_path / "tiny", hidden_size=64, num_layers=2, vision_hidden_size=32, image_size=64)
+    processor = QwenVLAdapter().load_processor(tiny)  # the processor load_model gives the policy
+    assert converts_to_rgb(processor)
+    from_rgb = processor.image_processor(images=[gray], return_tensors="pt")
+    from_l = processor.image_processor(images=[stored], return_tensors="pt")
+    assert torch.equal(from_rgb["pixel_values"], from_l["pixel_values"])
+    assert torch.equal(from_rgb["image_grid_thw"], from_l["image_grid_thw"])
 
 
 def test_merge_for_generation_is_a_lora_setting():
@@ -83,6 +106,7 @@ def test_greedy_drafts_folded_into_the_rollouts_equal_a_separate_greedy_call(tes
     trainer = build_trainer(cfg, samples=load_samples(cfg)).trainer
     assert trainer._merges_lora()
     heads = [trainer.train_dataset[i] for i in range(2)]
+    assert {image.mode for row in heads for image in row["images"]} == {"L"}  # radiographs, one band
     inputs = [row for row in heads for _ in range(cfg.num_generations)]
     trainer.model.train()
     output = trainer._generate_and_score_completions(inputs)

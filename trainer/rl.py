@@ -36,6 +36,12 @@ Reward
     Each one is logged (``event=judge_unparsed``) and counted (metric ``judge/unparsed``; ``judge`` in
     ``rl_run.json`` and :attr:`RLResult.judge`).
 
+Generation
+    Rollouts use TRL's ``generate`` path with the LoRA adapter merged while it runs, and the greedy baseline's
+    drafts ride in the same call (:mod:`unirg.trainer.rl_generation`): what is sampled does not change, the
+    cost per decoded token does (``[lora] merge_for_generation = false`` turns the merge off;
+    ``bench/bench_rl_step.py`` measures both against TRL's stock path).
+
 Output directory ``OUT`` (``output_dir``)::
 
     OUT/config.json, model.safetensors, tokenizer + processor files, unirg-model.json
@@ -85,6 +91,7 @@ __all__ = [
     "build_dataset",
     "build_reward_funcs",
     "build_trainer",
+    "converts_to_rgb",
     "fit_scaling",
     "load_policy",
     "load_rl_config",
@@ -92,6 +99,7 @@ __all__ = [
     "load_split",
     "missing_as_group_mean",
     "resolve_rewards",
+    "stored_image",
     "study_input",
     "train_rl",
 ]
@@ -260,13 +268,30 @@ def load_samples(cfg: RLConfig) -> list:
     return load_split(cfg)[0]
 
 
+def converts_to_rgb(processor) -> bool:
+    """The processor turns every image into RGB before anything else (``do_convert_rgb``)."""
+    return bool(getattr(getattr(processor, "image_processor", None), "do_convert_rgb", False))
+
+
+def stored_image(image, *, gray_as_l: bool):
+    """``image`` as the RL dataset keeps it: with ``gray_as_l``, an RGB image whose three bands are equal (a
+    radiograph, as :func:`~unirg.model.pixels.dataset_to_image` makes it) as its one ``L`` band. A processor that
+    converts to RGB first gives the same pixels from either; the Arrow file's PNG work is a third."""
+    if gray_as_l and image.mode == "RGB":
+        red, green, blue = image.split()
+        if red.tobytes() == green.tobytes() == blue.tobytes():
+            return red
+    return image
+
+
 def build_dataset(samples: Sequence, adapter, *, size: int = 512, longitudinal: bool = True,
-                  cache_dir: str | os.PathLike | None = None):
+                  cache_dir: str | os.PathLike | None = None, gray_as_l: bool = False):
     """A ``datasets.Dataset`` of TRL rows: ``prompt`` (chat messages with image placeholders), ``images``,
     ``reference`` (the target text), ``institution``, ``study_uid``.
 
     Rows are streamed into an Arrow file (in ``cache_dir`` when given), so decoded images never all sit in
-    memory at once: the dataset scales to MIMIC-sized training sets."""
+    memory at once: the dataset scales to MIMIC-sized training sets. ``gray_as_l``: see :func:`stored_image`
+    (only for a processor that :func:`converts_to_rgb`)."""
     from datasets import Dataset
     from tqdm.auto import tqdm
 
@@ -276,17 +301,17 @@ def build_dataset(samples: Sequence, adapter, *, size: int = 512, longitudinal: 
             prompt = adapter.prompts([study])[0]
             yield {
                 "prompt": prompt.messages,
-                "images": list(prompt.images),
+                "images": [stored_image(image, gray_as_l=gray_as_l) for image in prompt.images],
                 "reference": format_target(sample.findings, sample.impression),
                 "institution": sample.institution or "",
                 "study_uid": sample.study_id,
             }
 
     return Dataset.from_generator(rows, cache_dir=str(cache_dir) if cache_dir else None,
-                                  fingerprint=_fingerprint(samples, adapter, size, longitudinal))
+                                  fingerprint=_fingerprint(samples, adapter, size, longitudinal, gray_as_l))
 
 
-def _fingerprint(samples: Sequence, adapter, size: int, longitudinal: bool) -> str:
+def _fingerprint(samples: Sequence, adapter, size: int, longitudinal: bool, gray_as_l: bool = False) -> str:
     """A dataset fingerprint from the studies, the prompt family and the settings (``datasets`` cannot hash
     the generator); the same fingerprint reuses the Arrow file of an earlier run (e.g. on resume)."""
     import hashlib
@@ -294,7 +319,7 @@ def _fingerprint(samples: Sequence, adapter, size: int, longitudinal: bool) -> s
     from unirg.model.prompt import INSTRUCTION
 
     digest = hashlib.sha256(f"unirg-rl:{adapter.name}:{adapter.system_prompt}:{adapter.prior_report_style}:{INSTRUCTION}:{size}:"
-                            f"{longitudinal}".encode())
+                            f"{longitudinal}:{gray_as_l}".encode())
     for sample in samples:
         digest.update(f"{sample.sample_id}|{sample.frontal.path if sample.frontal else ''}\n".encode())
     return digest.hexdigest()[:32]
@@ -409,7 +434,8 @@ def build_trainer(cfg: RLConfig, *, samples: Sequence | None = None) -> RLSetup:
     if held_out:
         write_holdout(run_dir, (s.patient_id for s in held_out), [s.study_id for s in held_out])
     dataset = build_dataset(samples, adapter, size=cfg.image_size, longitudinal=cfg.longitudinal,
-                            cache_dir=run_dir / "checkpoints" / ".dataset-cache")
+                            cache_dir=run_dir / "checkpoints" / ".dataset-cache",
+                            gray_as_l=converts_to_rgb(processor))
     args = _trl_args(cfg, specs, run_dir)
     trainer_cls = with_merged_lora_generation(GRPOTrainer if cfg.algorithm == "grpo" else RLOOTrainer)
     if cfg.advantage_baseline == "greedy":

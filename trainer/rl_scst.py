@@ -48,6 +48,7 @@ def self_critical_advantages(rewards: torch.Tensor, greedy_rewards: torch.Tensor
 class SelfCriticalGRPOTrainer(MergedLoRAGeneration, GRPOTrainer):
     """:class:`~trl.GRPOTrainer` whose advantages use the greedy draft of each prompt as the baseline."""
 
+    fold_greedy_drafts: bool = True  # False: a separate greedy generate call per step (bench/bench_rl_step.py)
     _greedy_heads: list | None = None  # head prompts whose greedy drafts ride in the next rollout call
     _folded_greedy_ids: list[list[int]] | None = None
 
@@ -82,7 +83,7 @@ class SelfCriticalGRPOTrainer(MergedLoRAGeneration, GRPOTrainer):
         return prompts
 
     def _folds_greedy(self) -> bool:
-        return not self.use_vllm and not getattr(self, "use_transformers_continuous_batching", False)
+        return self.fold_greedy_drafts and not self.use_vllm and not getattr(self, "use_transformers_continuous_batching", False)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         heads, self._greedy_heads = self._greedy_heads, None
