@@ -123,6 +123,22 @@ def train_tiny_sft(data: Path, out: Path, **overrides) -> Path:
     return out
 
 
+def tiny_greedy_rl_config(testbed, tmp_path: Path, **overrides):
+    """A self-critical (greedy-baseline) RL config for a tiny Qwen3-VL built in ``tmp_path``: 4 studies of the
+    testbed, 2 prompts x 4 rollouts per step, 12-token drafts."""
+    from unirg.trainer.rl_config import load_rl_config
+    from unirg.trainer.tiny_models import build_tiny_qwen3_vl
+
+    tiny = build_tiny_qwen3_vl(tmp_path / "tiny", hidden_size=64, num_layers=2, vision_hidden_size=32, image_size=64)
+    settings = dict(
+        sft=str(tiny), data=str(testbed.root), output_dir=str(tmp_path / "out"), advantage_baseline="greedy",
+        max_train_samples=4, num_generations=4, per_device_train_batch_size=8, max_completion_length=12,
+        save_steps=10, logging_steps=1, gradient_checkpointing=False, image_size=64, lora_r=4, lora_alpha=8,
+        lora_dropout=0.0, scaling_pairs=32, seed=0)
+    settings.update(overrides)
+    return load_rl_config(preset="unirg-step1", overrides=settings)
+
+
 # -- Orthanc: one launcher (unirg.plugin.orthanc.server.OrthancServer on free loopback ports) ------------
 ORTHANC_USER = "unirg-test"
 

@@ -11,6 +11,8 @@ from unirg.trainer.rl_config import config_values, load_rl_config
 from unirg.trainer.rl_generation import GreedyRows, merge_multimodal_fields, merged_lora
 from unirg.trainer.tiny_models import build_tiny_qwen3_vl
 
+from conftest import tiny_greedy_rl_config
+
 
 def test_greedy_rows_leave_only_the_argmax_and_sampling_then_picks_it():
     torch.manual_seed(0)
@@ -97,12 +99,7 @@ def test_merged_adapter_generates_the_same_tokens_and_leaves_the_base_weights(tm
 @pytest.mark.slow
 def test_greedy_drafts_folded_into_the_rollouts_equal_a_separate_greedy_call(testbed, tmp_path):
     torch.set_num_threads(2)
-    tiny = build_tiny_qwen3_vl(tmp_path / "tiny", hidden_size=64, num_layers=2, vision_hidden_size=32, image_size=64)
-    cfg = load_rl_config(preset="unirg-step1", overrides=dict(
-        sft=str(tiny), data=str(testbed.root), output_dir=str(tmp_path / "out"), advantage_baseline="greedy",
-        max_train_samples=4, num_generations=4, per_device_train_batch_size=8, max_completion_length=12,
-        max_steps=1, save_steps=10, logging_steps=1, gradient_checkpointing=False, temperature=1.5,
-        image_size=64, lora_r=4, lora_alpha=8, lora_dropout=0.0, scaling_pairs=32, seed=0))
+    cfg = tiny_greedy_rl_config(testbed, tmp_path, max_steps=1, temperature=1.5)
     trainer = build_trainer(cfg, samples=load_samples(cfg)).trainer
     assert trainer._merges_lora()
     heads = [trainer.train_dataset[i] for i in range(2)]

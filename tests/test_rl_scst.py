@@ -8,7 +8,8 @@ from unirg.model import GenerationConfig, load_model
 from unirg.trainer.rl import build_trainer, load_samples, study_input, train_rl
 from unirg.trainer.rl_config import RLConfigError, load_rl_config
 from unirg.trainer.rl_scst import SelfCriticalGRPOTrainer, self_critical_advantages
-from unirg.trainer.tiny_models import build_tiny_qwen3_vl
+
+from conftest import tiny_greedy_rl_config
 
 
 def test_advantage_is_reward_minus_the_greedy_reward_of_its_prompt():
@@ -37,12 +38,8 @@ def test_greedy_baseline_is_a_grpo_option():
 @pytest.mark.slow
 def test_greedy_baseline_is_the_plugins_draft_and_training_logs_it(testbed, tmp_path):
     torch.set_num_threads(2)
-    tiny = build_tiny_qwen3_vl(tmp_path / "tiny", hidden_size=64, num_layers=2, vision_hidden_size=32, image_size=64)
-    cfg = load_rl_config(preset="unirg-step1", overrides=dict(
-        sft=str(tiny), data=str(testbed.root), output_dir=str(tmp_path / "out"), advantage_baseline="greedy",
-        max_train_samples=4, num_generations=4, per_device_train_batch_size=8, max_completion_length=12,
-        max_steps=2, save_steps=10, logging_steps=1, learning_rate=1e-3, gradient_checkpointing=False,
-        image_size=64, lora_r=4, lora_alpha=8, lora_dropout=0.0, scaling_pairs=32, seed=0))
+    cfg = tiny_greedy_rl_config(testbed, tmp_path, max_steps=2, learning_rate=1e-3)
+    tiny = cfg.sft
     samples = load_samples(cfg)
     setup = build_trainer(cfg, samples=samples)
     assert isinstance(setup.trainer, SelfCriticalGRPOTrainer)

@@ -103,10 +103,12 @@ class MergedLoRAGeneration:
     def _generation_model(self):
         return self.accelerator.unwrap_model(self.model)
 
+    def _generates_locally(self) -> bool:
+        """Rollouts come from ``model.generate`` in this process (not vLLM, not continuous batching)."""
+        return not self.use_vllm and not getattr(self, "use_transformers_continuous_batching", False)
+
     def _merges_lora(self) -> bool:
-        if not self.merge_lora_for_generation or self.use_vllm:
-            return False
-        if getattr(self, "use_transformers_continuous_batching", False):
+        if not self.merge_lora_for_generation or not self._generates_locally():
             return False
         if getattr(self, "is_deepspeed_enabled", False) or getattr(self, "is_fsdp_enabled", False):
             return False

@@ -83,7 +83,7 @@ class SelfCriticalGRPOTrainer(MergedLoRAGeneration, GRPOTrainer):
         return prompts
 
     def _folds_greedy(self) -> bool:
-        return self.fold_greedy_drafts and not self.use_vllm and not getattr(self, "use_transformers_continuous_batching", False)
+        return self.fold_greedy_drafts and self._generates_locally()
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         heads, self._greedy_heads = self._greedy_heads, None
