@@ -12,8 +12,9 @@ Three trainers, each built fresh from the same start policy, data, config and se
 
 All three build the RL dataset the same way. Only ``trainer.train()`` is timed (not imports, data loading or
 saving). ``stock`` and ``merged`` sample the same tokens (up to float rounding), so their logged rewards should
-match; ``merged+folded`` draws the rollouts from the same distribution with a different random stream. Prints seconds per step and the ratios to ``stock``.
-Without ``--data`` a 120-patient testbed is generated into a temporary folder.
+match; ``merged+folded`` draws the rollouts from the same distribution with a different random stream. Prints
+seconds per step and the ratios to ``stock``. Without ``--data`` a 120-patient testbed is generated into a
+temporary folder.
 """
 
 from __future__ import annotations
