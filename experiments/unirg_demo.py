@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from unirg.model import GenerationConfig
     from unirg.trainer.data import load_dataset
-    from unirg.trainer.evaluate import EvalConfig, compare, evaluate
+    from unirg.trainer.evaluate import EvalConfig, compare, evaluate, write_predictions
     from unirg.trainer.rl import study_input
     from unirg.trainer.rl_config import load_rl_config
 
@@ -182,6 +182,8 @@ def main(argv=None) -> int:
         predictions = {"SFT": draft_all(args.sft, studies, generation),
                        "SFT+RL": draft_all(rl_dir, studies, generation)}
         timings["drafting"] = time.monotonic() - t
+        for r in RUNS:  # the drafts themselves, for per-observation analysis (unirg-trainer eval reads them)
+            write_predictions(predictions[r].values(), base / "drafts" / f"{r.replace('+', '-')}.jsonl")
         rl_run = json.loads((rl_dir / "rl_run.json").read_text(encoding="utf-8"))
         seed_summary = {"timings_s": {k: round(v, 1) for k, v in timings.items()}, "draft_check": draft_check,
                         "rl_wall_s": rl_run["wall_s"], "rl_steps": rl_run["global_step"],

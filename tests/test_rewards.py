@@ -26,6 +26,7 @@ from unirg.trainer.rewards import (
     build_component,
     chexpert_f1,
     chexpert_f1_reward,
+    chexpert_label_margin,
     completion_text,
     default_embedding_model_path,
     positive_set,
@@ -98,6 +99,87 @@ def test_chexpert_f1_definition():
         chexpert_f1("a", "b", observations=["Pneumonitis"])
 
 
+FINDING_SENTENCES = ("Moderate cardiomegaly.", "Small left pleural effusion.", "Large right pneumothorax.",
+                     "Left lower lobe atelectasis.", "Right upper lobe consolidation.", "Possible pneumonia.",
+                     "Endotracheal tube 4 cm above the carina.")
+NORMAL = "No acute cardiopulmonary process."
+
+
+def _random_report(rng) -> str:
+    chosen = [s for s in FINDING_SENTENCES if rng.random() < 0.25]
+    return " ".join(chosen) or NORMAL
+
+
+def _set_micro_f1(candidates, references) -> float:
+    from unirg.trainer.evaluate.metrics import _positives  # the evaluation's own label path
+
+    c, r = _positives(candidates, "positive"), _positives(references, "positive")
+    tp, errors = int((c & r).sum()), int((c ^ r).sum())
+    return 2 * tp / (2 * tp + errors)
+
+
+def test_chexpert_label_margin_ranks_a_change_as_the_set_micro_f1_does():
+    # With error_weight = TP / (FP + FN) of the set, changing one report's draft raises the set's micro F1
+    # exactly when it raises that report's margin.
+    import random
+
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(300):
+        refs = [_random_report(rng) for _ in range(12)]
+        drafts = [_random_report(rng) for _ in range(12)]
+        i, new = rng.randrange(12), _random_report(rng)
+        changed = drafts[:i] + [new] + drafts[i + 1:]
+        before, after = _set_micro_f1(drafts, refs), _set_micro_f1(changed, refs)
+        if before in (0.0, 1.0):
+            continue
+        w = before / (2 * (1 - before))  # = TP / (FP + FN)
+        d_margin = (chexpert_label_margin(new, refs[i], error_weight=w)
+                    - chexpert_label_margin(drafts[i], refs[i], error_weight=w))
+        d_f1 = after - before
+        assert (d_margin > 1e-9) == (d_f1 > 1e-12) and (d_margin < -1e-9) == (d_f1 < -1e-12), (drafts[i], new, refs[i])
+        checked += 1
+    assert checked > 250
+
+
+def test_per_pair_f1_and_the_margin_weigh_two_fixes_differently():
+    # Which fix is worth more to the set's micro F1: taking a false finding off a normal report's draft, or
+    # drafting the three missed findings of a four-finding report? Per-pair F1 prefers the first, micro F1
+    # and the margin the second.
+    four = ("Moderate cardiomegaly. Small left pleural effusion. Left lower lobe atelectasis. "
+            "Large right pneumothorax.")
+    refs = [NORMAL, four] + [f for f in FINDING_SENTENCES[:4]] + [NORMAL] * 2
+    drafts = ["Large right pneumothorax.", "Moderate cardiomegaly."] + list(refs[2:4]) + [NORMAL, "Cardiomegaly."]
+    drafts += [NORMAL, "Right upper lobe consolidation."]
+    fix_normal = [NORMAL] + drafts[1:]
+    fix_four = drafts[:1] + [four] + drafts[2:]
+    base = _set_micro_f1(drafts, refs)
+    assert 0.0 < base < 1.0
+    w = base / (2 * (1 - base))
+    assert _set_micro_f1(fix_four, refs) > _set_micro_f1(fix_normal, refs)
+    margin_gain_normal = chexpert_label_margin(NORMAL, NORMAL, error_weight=w) - chexpert_label_margin(
+        drafts[0], NORMAL, error_weight=w)
+    margin_gain_four = chexpert_label_margin(four, four, error_weight=w) - chexpert_label_margin(
+        drafts[1], four, error_weight=w)
+    assert margin_gain_four > margin_gain_normal
+    f1_gain_normal = chexpert_f1(NORMAL, NORMAL) - chexpert_f1(drafts[0], NORMAL)
+    f1_gain_four = chexpert_f1(four, four) - chexpert_f1(drafts[1], four)
+    assert f1_gain_normal > f1_gain_four
+
+
+def test_chexpert_label_margin_definition_and_blank_draft():
+    assert chexpert_label_margin(REF, REF) == 4.0  # Cardiomegaly, Effusion, Atelectasis, Support Devices
+    assert chexpert_label_margin("Moderate cardiomegaly. Small left effusion.", REF) == 2 - 2
+    assert chexpert_label_margin("Moderate cardiomegaly. Large pneumothorax.", REF, error_weight=0.5) == 1 - 0.5 * 4
+    # a normal report drafted with one finding loses No Finding and gains a false positive
+    assert chexpert_label_margin("Large pneumothorax.", NORMAL) == -2.0
+    with pytest.raises(ValueError, match="error_weight must be >= 0"):
+        chexpert_label_margin(REF, REF, error_weight=-1)
+    # a blank draft is scored as a draft with no labels (every reference label missed), never as 0
+    reward = build_component("chexpert_label_margin", error_weight=1.5)
+    assert reward(["", " ", REF], reference=[REF, NORMAL, REF]) == [-6.0, -1.5, 4.0]
+
+
 def test_positive_set_from_dict():
     labels = {"No Finding": None, "Edema": -1, "Pneumothorax": 1, "Pleural Effusion": 0}
     assert positive_set(labels) == {"Edema", "Pneumothorax"}
@@ -131,8 +213,12 @@ def test_trl_shape_with_plain_and_conversational_completions(name):
     chat = reward([[{"role": "assistant", "content": REF}], [{"role": "assistant", "content": DISJOINT}],
                    [{"role": "assistant", "content": ""}]], reference=[REF] * 3)
     assert plain == chat
-    assert plain[0] == pytest.approx(1.0) and plain[1] < plain[0]
-    assert plain[2] == 0.0  # a blank completion gets the worst score, not None
+    if name == "chexpert_label_margin":  # unbounded: the best is the reference's label count
+        assert plain[0] == 4.0 and plain[1] < plain[0]
+        assert plain[2] == -4.0  # a blank completion misses every label, not None
+    else:
+        assert plain[0] == pytest.approx(1.0) and plain[1] < plain[0]
+        assert plain[2] == 0.0  # a blank completion gets the worst score, not None
     assert reward(["x"], reference=[None]) == [None]  # no reference: TRL skips the sample
 
 

@@ -93,7 +93,7 @@ log = logging.getLogger(__name__)
 SLOTS = ("bertscore", "semb", "radgraph", "judge")
 """Reward slots resolved to a real metric or its offline substitute (see :mod:`unirg.trainer.presets`)."""
 
-COARSE_COMPONENTS = frozenset({"chexpert_f1", "judge"})
+COARSE_COMPONENTS = frozenset({"chexpert_f1", "chexpert_label_margin", "judge"})
 """Components whose per-rollout values are few and discrete (many ties within a GRPO group)."""
 
 DEFAULT_LORA_TARGETS = (

@@ -16,6 +16,9 @@ component             what                                                   rea
 ``rouge_l``           rouge-score ROUGE-L F (stemmed)                        real                    [0, 1]
 ``chexpert_f1``       F1 of positive CheXpert-14 labels (uncertain counts    real metric, rule-based  [0, 1]
                       as positive), labels from :mod:`unirg.model.labeler` labeler (not CheXbert)
+``chexpert_label_margin`` CheXpert-14 labels right - w x labels wrong; summed  real metric's terms,   unbounded
+                      over a set it ranks a change as the set's micro F1     rule-based labeler
+                      does (``error_weight`` w = the set's TP / (FP + FN))
 ``embedding_cosine``  cosine of sentence-transformers embeddings (default:   real                    [-1, 1]
                       the shipped all-MiniLM-L6-v2)
 ``bertscore``         BERTScore F1, local model (needs ``bert-score``)       real (optional)         ~[0, 1]
@@ -50,6 +53,7 @@ from unirg.trainer.rewards.base import FunctionReward, PairwiseReward, Reward, c
 from unirg.trainer.rewards.clinical import (
     TOP5,
     chexpert_f1,
+    chexpert_label_margin,
     label_vector,
     positive_set,
     radgraph_substitute,
@@ -91,6 +95,7 @@ __all__ = [
     "build_component",
     "chexpert_f1",
     "chexpert_f1_reward",
+    "chexpert_label_margin",
     "completion_text",
     "composite_from_terms",
     "default_embedding_model_path",

@@ -89,7 +89,8 @@ def reference_column(kwargs: dict[str, Any], key: str, n: int) -> list[str | Non
 class PairwiseReward(Reward):
     """A reward from a pairwise scorer ``fn(candidate, reference, **options) -> float``.
 
-    ``worst`` is the score given to a blank candidate.
+    ``worst`` is the score given to a blank candidate; ``worst=None`` scores a blank candidate with ``fn`` as
+    ``fn("", reference)`` (for unbounded scores, where no constant is the worst).
 
     >>> r = PairwiseReward("exact", lambda c, r: float(c == r))
     >>> r(["a", "b", ""], reference=["a", "a", "a"])
@@ -98,7 +99,8 @@ class PairwiseReward(Reward):
     [None]
     """
 
-    def __init__(self, name: str, fn: Callable[..., float], *, worst: float = 0.0, reference_key: str = "reference",
+    def __init__(self, name: str, fn: Callable[..., float], *, worst: float | None = 0.0,
+                 reference_key: str = "reference",
                  **options: Any) -> None:
         self.name = name
         self.fn = fn
@@ -113,10 +115,10 @@ class PairwiseReward(Reward):
         for cand, ref in zip(candidates, references, strict=True):
             if _blank(ref):
                 out.append(None)
-            elif _blank(cand):
+            elif _blank(cand) and self.worst is not None:
                 out.append(self.worst)
             else:
-                out.append(float(self.fn(cand, ref, **self.options)))
+                out.append(float(self.fn(cand or "", ref, **self.options)))
         return out
 
 

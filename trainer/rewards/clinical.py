@@ -6,6 +6,11 @@
   CheXbert "micro F1-14"/"top-5" scores); ``"negative"`` drops them, ``"separate"`` makes "uncertain X" a label
   of its own that only matches "uncertain X". Over all 14 observations by default (No Finding included);
   ``observations=TOP5`` for the five common ones.
+- :func:`chexpert_label_margin`: labels right minus labels wrong, ``TP - w (FP + FN)`` over the same positive
+  sets. Summed over a set of reports it is the first-order change of the set's *micro* F1 (the figure the
+  evaluation reports), where per-pair F1 is not: per pair, one false positive on a normal report costs the
+  whole score (1 to 0) while one more finding found on a three-finding report gains a third. At a set
+  micro F1 of ``F`` the exact balance is ``w = F / (2 (1 - F))``: 1.0 at F = 2/3, 1.17 at 0.70.
 - :func:`semb_substitute`: *offline substitute* for SembScore (which is the cosine of CheXbert embeddings and
   needs the CheXbert checkpoint): cosine of the label vectors, each observation encoded on two axes (present,
   absent): positive (1, 0), negative (0, 1), uncertain (0.71, 0.71), not mentioned (0, 0). So "possible
@@ -99,6 +104,26 @@ def chexpert_f1(candidate: str, reference: str, *, uncertain: str = "positive",
     c = positive_set(_labels(candidate), uncertain=uncertain, observations=observations)
     r = positive_set(_labels(reference), uncertain=uncertain, observations=observations)
     return _f1(c, r)
+
+
+def chexpert_label_margin(candidate: str, reference: str, *, error_weight: float = 1.0, uncertain: str = "positive",
+                          observations: Sequence[str] = OBSERVATIONS) -> float:
+    """Labels right minus ``error_weight`` x labels wrong (false positives + false negatives) of one pair.
+
+    Unbounded above by the reference's label count; below by ``-error_weight (|C| + |R|)``.
+
+    >>> chexpert_label_margin("Small left pleural effusion. Cardiomegaly.", "Cardiomegaly.")
+    0.0
+    >>> chexpert_label_margin("No acute cardiopulmonary process.", "No acute cardiopulmonary process.")
+    1.0
+    >>> chexpert_label_margin("Small pneumothorax.", "No acute cardiopulmonary process.", error_weight=1.5)
+    -3.0
+    """
+    if error_weight < 0:
+        raise ValueError(f"error_weight must be >= 0, got {error_weight}")
+    c = positive_set(_labels(candidate), uncertain=uncertain, observations=observations)
+    r = positive_set(_labels(reference), uncertain=uncertain, observations=observations)
+    return float(len(c & r) - error_weight * len(c ^ r))
 
 
 def label_vector(text: str) -> list[float]:
