@@ -208,6 +208,25 @@ def test_holdout_fraction_keeps_patients_out_of_rl_and_lists_them(tiny, testbed,
     assert setup.train_samples == len(train)
 
 
+def test_the_cpu_configs_lora_reaches_the_vision_merger_and_not_the_tower(tiny, testbed, tmp_path):
+    """The CPU config adapts the language model and the vision merger; RL changes the published merger's weights
+    and leaves the tower's blocks as SFT wrote them."""
+    targets = load_rl_config(Path(__file__).parents[1] / "trainer/configs/rl-cpu-demo.toml").lora_target_modules
+    cfg = _config(tiny, testbed.root, tmp_path / "merger", lora_target_modules=targets, save_steps=0)
+    result = train_rl(cfg)
+    adapter = load_file(str(result.out_dir / "adapter" / "adapter_model.safetensors"))
+    merger = {k for k in adapter if ".visual.merger." in k}
+    assert merger and any(".visual.deepstack_merger_list." in k for k in adapter)
+    assert any(".language_model." in k for k in adapter)
+    assert not any(".visual.blocks." in k or "patch_embed" in k for k in adapter)
+    sft, rl = load_file(str(Path(tiny) / "model.safetensors")), load_file(str(result.out_dir / "model.safetensors"))
+    assert sft.keys() == rl.keys()
+    merged_merger = [k for k in rl if ".visual.merger.linear_fc" in k and k.endswith("weight")]
+    assert merged_merger and all(not torch.equal(sft[k], rl[k]) for k in merged_merger)
+    tower = [k for k in rl if ".visual.blocks." in k]
+    assert tower and all(torch.equal(sft[k], rl[k]) for k in tower)
+
+
 def test_rl_prompts_match_sft_prompts(testbed):
     """RL builds each study's prompt exactly as `unirg-trainer sft` trained on it (text and pixels)."""
     from unirg.model.prompt import build_prompt
