@@ -33,6 +33,7 @@ import mimetypes
 import os
 import posixpath
 import shutil
+import signal
 import sys
 import threading
 import urllib.parse
@@ -538,7 +539,7 @@ def viewer(port: int, host: str, orthanc_url: str, orthanc_user: str | None,
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: listening on {host}: anyone who reaches this port reads Orthanc"
                    + (" with the configured credentials" if orthanc_user else ""), err=True)
-    click.echo("RESEARCH ONLY - NOT FOR CLINICAL USE. Ctrl-C stops.")
+    click.echo("RESEARCH ONLY - NOT FOR CLINICAL USE. Ctrl-C (SIGINT) or SIGTERM stops.")
     try:
         status = requests.get(orthanc_url.rstrip("/") + "/system", auth=upstream.auth, timeout=5).status_code
         if status == 401:
@@ -554,9 +555,14 @@ def viewer(port: int, host: str, orthanc_url: str, orthanc_user: str | None,
     except requests.RequestException as exc:
         click.echo(f"warning: Orthanc at {orthanc_url} not reachable yet ({exc}); serving anyway", err=True)
     sys.stdout.flush()
+    # Explicit handlers, as `unirg listen` has: Python leaves SIGINT ignored when the process starts with it
+    # ignored (a job started with `&` by a script), and then Ctrl-C / `kill -INT` would not stop the server.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.serve_in_thread()
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(1.0):
+            pass
     finally:
-        server.server_close()
+        server.close()

@@ -579,8 +579,10 @@ def test_findings_wrap_in_a_stock_ohif_too(orthanc_server, review_studies, tmp_p
 
 
 @pytest.mark.slow
-def test_viewer_command_prints_draft_links_and_stops_on_ctrl_c(orthanc_server, draft_study):  # noqa: F811
-    """`unirg viewer` as a process: prints the draft link, serves it, exits 0 on SIGINT."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_viewer_command_prints_draft_links_and_stops_on_a_signal(orthanc_server, draft_study, stop_signal):  # noqa: F811
+    """`unirg viewer` as a process: prints the draft link, serves it, exits 0 on SIGINT (Ctrl-C) or SIGTERM, also
+    when started with SIGINT ignored (as a background job of a script, or this suite run with `&`)."""
     require_viewer_install()
     image, sr = draft_study
     user, password = orthanc_server.auth
@@ -590,6 +592,7 @@ def test_viewer_command_prints_draft_links_and_stops_on_ctrl_c(orthanc_server, d
         [sys.executable, "-c", "from unirg.plugin.viewer import viewer; viewer()",
          "--port", str(port), "--orthanc", orthanc_server.url, "--orthanc-user", user],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         lines = []
@@ -608,7 +611,7 @@ def test_viewer_command_prints_draft_links_and_stops_on_ctrl_c(orthanc_server, d
         assert requests.get(expected, timeout=10).status_code == 200
         r = requests.get(f"http://127.0.0.1:{port}/dicom-web/studies", timeout=10)
         assert r.status_code == 200
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         # communicate, not wait: the viewer's stdout/stderr pipes must be drained or its exit can block on them
         _, err = proc.communicate(timeout=15)
         assert proc.returncode == 0, err
