@@ -7,10 +7,11 @@
   of its own that only matches "uncertain X". Over all 14 observations by default (No Finding included);
   ``observations=TOP5`` for the five common ones.
 - :func:`chexpert_label_margin`: labels right minus labels wrong, ``TP - w (FP + FN)`` over the same positive
-  sets. Summed over a set of reports it is the first-order change of the set's *micro* F1 (the figure the
-  evaluation reports), where per-pair F1 is not: per pair, one false positive on a normal report costs the
-  whole score (1 to 0) while one more finding found on a three-finding report gains a third. At a set
-  micro F1 of ``F`` the exact balance is ``w = F / (2 (1 - F))``: 1.0 at F = 2/3, 1.17 at 0.70.
+  sets. With ``w`` = TP / (FP + FN) of a set of reports (``F / (2 (1 - F))`` at micro F1 ``F``: 1.0 at 2/3),
+  a change to one report's draft raises the set's *micro* F1 (the figure the evaluation reports) exactly when
+  it raises that report's margin. Per-pair F1 weighs changes otherwise: taking a false finding off a normal
+  report's draft gains 1.0, drafting the three missed findings of a four-finding report 0.6, though the second
+  is worth more to the set's micro F1.
 - :func:`semb_substitute`: *offline substitute* for SembScore (which is the cosine of CheXbert embeddings and
   needs the CheXbert checkpoint): cosine of the label vectors, each observation encoded on two axes (present,
   absent): positive (1, 0), negative (0, 1), uncertain (0.71, 0.71), not mentioned (0, 0). So "possible
@@ -110,7 +111,7 @@ def chexpert_label_margin(candidate: str, reference: str, *, error_weight: float
                           observations: Sequence[str] = OBSERVATIONS) -> float:
     """Labels right minus ``error_weight`` x labels wrong (false positives + false negatives) of one pair.
 
-    Unbounded above by the reference's label count; below by ``-error_weight (|C| + |R|)``.
+    At most ``|R|`` (every reference label found, none added); at least ``-error_weight (|C| + |R|)``.
 
     >>> chexpert_label_margin("Small left pleural effusion. Cardiomegaly.", "Cardiomegaly.")
     0.0

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 REGISTRY: dict[str, Callable[..., Reward]] = {}
 """Component name → factory taking the component's options as keyword arguments."""
 
-MODEL_FREE = ("bleu", "bleu2", "rouge_l", "chexpert_f1", "chexpert_label_margin", "semb_substitute", "radgraph_substitute")
+MODEL_FREE = ("bleu", "bleu2", "rouge_l", "chexpert_f1", "chexpert_label_margin", "semb_substitute",
+              "radgraph_substitute")
 """Components that need no model."""
 
 
@@ -62,8 +63,7 @@ register_component("bleu", _pairwise("bleu", bleu))
 register_component("bleu2", _pairwise("bleu2", bleu2))
 register_component("rouge_l", _pairwise("rouge_l", rouge_l))
 register_component("chexpert_f1", _pairwise("chexpert_f1", chexpert_f1))
-register_component("chexpert_label_margin", _pairwise("chexpert_label_margin", chexpert_label_margin,
-                                                                worst=None))
+register_component("chexpert_label_margin", _pairwise("chexpert_label_margin", chexpert_label_margin, worst=None))
 register_component("semb_substitute", _pairwise("semb_substitute", semb_substitute))
 register_component("radgraph_substitute", _pairwise("radgraph_substitute", radgraph_substitute))
 register_component("embedding_cosine", EmbeddingCosine)
