@@ -160,7 +160,8 @@ def test_served_drafts_equal_local_drafts(server, local_model):
     assert [d.study_uid for d in served] == ["1.1", "1.2", "1.3"]
     assert all(d.model_info == local_model.info for d in served)
     assert len(server.requests) == 3
-    first = server.requests[0]
+    # batch_size=2 sends two requests at once: find study 1.1's (one image) by its indication, not by order
+    first = next(r for r in server.requests if "Cough." in json.dumps(r))
     assert first["model"] == "unirg-tiny" and first["max_tokens"] == 10 and first["temperature"] == 0.0
     images = [item for item in first["messages"][-1]["content"] if item["type"] == "image_url"]
     assert len(images) == 1
