@@ -146,20 +146,16 @@ def recent_drafts(services: Services, limit: int = 10) -> list[dict[str, Any]]:
 
 def serve_status(services: Services, host: str, port: int) -> None:
     """``unirg status --serve``: the status page and /metrics until SIGINT/SIGTERM."""
-    import signal
-    import threading
-
     from unirg.plugin.monitor.server import MonitorServer
     from unirg.plugin.monitor.snapshot import read_snapshot
 
-    stop = threading.Event()
+    from unirg.plugin.signals import stop_on_signals, wait_for_stop
+
     server = MonitorServer(lambda: read_snapshot(services.queue.engine), host, port).start()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     click.echo(f"unirg status: serving {server.url} (page), {server.url}metrics (Prometheus)")
     try:
-        while not stop.wait(1.0):
-            pass
+        wait_for_stop(stop)
     finally:
         server.stop()
         services.close()

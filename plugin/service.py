@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from unirg.plugin.feedback.capture import create_schema as create_feedback_schem
 from unirg.plugin.priors.dimse import LocalPriors, PriorsFetcher
 from unirg.plugin.queue import JobQueue, make_engine
 from unirg.plugin.receive import InstanceSink, Listener
+from unirg.plugin.signals import stop_on_signals, wait_for_stop
 from unirg.plugin.store import SRStore
 from unirg.plugin.worker import ProcessStudy, Worker, default_worker_id
 
@@ -314,15 +314,9 @@ class Service:
 
     def wait_until_signalled(self) -> None:
         """Block until SIGINT / SIGTERM (or the intake dies on its own)."""
-        def _signal(signum: int, _frame: Any) -> None:
-            log.info("event=signal signum=%d note='stopping after the current job'", signum)
-            self.stop_event.set()
-
-        signal.signal(signal.SIGTERM, _signal)
-        signal.signal(signal.SIGINT, _signal)
-        while not self.stop_event.wait(1.0):
-            if not self.adapter.alive():
-                break
+        stop_on_signals(self.stop_event, on_signal=lambda signum: log.info(
+            "event=signal signum=%d note='stopping after the current job'", signum))
+        wait_for_stop(self.stop_event, alive=self.adapter.alive)
 
     def serve_until_signalled(self) -> None:
         self.start()

@@ -33,7 +33,6 @@ import mimetypes
 import os
 import posixpath
 import shutil
-import signal
 import sys
 import threading
 import urllib.parse
@@ -60,6 +59,7 @@ from unirg.plugin.ohif import (  # noqa: F401 - the OHIF side, re-exported: view
     draft_hanging_protocols,
     study_viewer_url,
 )
+from unirg.plugin.signals import stop_on_signals, wait_for_stop
 from unirg.sr_writer import RESEARCH_LABEL
 
 log = logging.getLogger(__name__)
@@ -555,14 +555,9 @@ def viewer(port: int, host: str, orthanc_url: str, orthanc_user: str | None,
     except requests.RequestException as exc:
         click.echo(f"warning: Orthanc at {orthanc_url} not reachable yet ({exc}); serving anyway", err=True)
     sys.stdout.flush()
-    # Explicit handlers, as `unirg listen` has: Python leaves SIGINT ignored when the process starts with it
-    # ignored (a job started with `&` by a script), and then Ctrl-C / `kill -INT` would not stop the server.
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     server.serve_in_thread()
     try:
-        while not stop.wait(1.0):
-            pass
+        wait_for_stop(stop)
     finally:
         server.close()

@@ -91,6 +91,12 @@ def positive_set(labels: Sequence[int | None] | dict, *, uncertain: str = "posit
     return frozenset(out)
 
 
+def _positive_sets(candidate: str, reference: str, uncertain: str,
+                   observations: Sequence[str]) -> tuple[frozenset, frozenset]:
+    return (positive_set(_labels(candidate), uncertain=uncertain, observations=observations),
+            positive_set(_labels(reference), uncertain=uncertain, observations=observations))
+
+
 def chexpert_f1(candidate: str, reference: str, *, uncertain: str = "positive",
                 observations: Sequence[str] = OBSERVATIONS) -> float:
     """CheXpert label F1 of one pair, in [0, 1] (see the module docstring).
@@ -102,9 +108,7 @@ def chexpert_f1(candidate: str, reference: str, *, uncertain: str = "positive",
     >>> chexpert_f1("Possible pneumonia.", "Pneumonia.", uncertain="separate")
     0.0
     """
-    c = positive_set(_labels(candidate), uncertain=uncertain, observations=observations)
-    r = positive_set(_labels(reference), uncertain=uncertain, observations=observations)
-    return _f1(c, r)
+    return _f1(*_positive_sets(candidate, reference, uncertain, observations))
 
 
 def chexpert_label_margin(candidate: str, reference: str, *, error_weight: float = 1.0, uncertain: str = "positive",
@@ -122,8 +126,7 @@ def chexpert_label_margin(candidate: str, reference: str, *, error_weight: float
     """
     if error_weight < 0:
         raise ValueError(f"error_weight must be >= 0, got {error_weight}")
-    c = positive_set(_labels(candidate), uncertain=uncertain, observations=observations)
-    r = positive_set(_labels(reference), uncertain=uncertain, observations=observations)
+    c, r = _positive_sets(candidate, reference, uncertain, observations)
     return float(len(c & r) - error_weight * len(c ^ r))
 
 
