@@ -47,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", default="707,808,909",
                    help="Testbed seeds, comma-separated (RL and the default model's prompt were tuned on seeds 0 "
                         "and 1; 404, 505, 606 gave the previous default model's figures).")
+    p.add_argument("--rl-seed-offset", type=int, default=0, metavar="K",
+                   help="RL runs with --seed S+K instead of S: the same testbed, another random stream for RL "
+                        "(and another draw of the held-out A/B patients), to measure run-to-run spread.")
     p.add_argument("--patients", type=int, default=600, help="Testbed patients per seed (1-6 studies each).")
     p.add_argument("--sft", type=Path, default=REPO / "var" / "models" / "unirg-demo", help="The SFT model.")
     p.add_argument("--rl-config", type=Path, default=REPO / "trainer" / "configs" / "rl-cpu-demo.toml")
@@ -154,7 +157,8 @@ def main(argv=None) -> int:
     started = time.monotonic()
     pooled = {"C": ([], {r: {} for r in RUNS}), "A/B": ([], {r: {} for r in RUNS})}
     summary: dict = {"seeds": {}, "settings": {"patients": args.patients, "sft": str(args.sft),
-                                               "rl_config": str(args.rl_config), "n_boot": args.n_boot}}
+                                               "rl_config": str(args.rl_config), "n_boot": args.n_boot,
+                                               "rl_seed_offset": args.rl_seed_offset}}
 
     for seed in seeds:
         base = out / f"seed-{seed}"
@@ -168,7 +172,7 @@ def main(argv=None) -> int:
         if not (args.reuse and (rl_dir / "unirg-model.json").is_file()):
             timings["rl"] = run([str(BIN / "unirg-trainer"), "rl", "--config", str(args.rl_config), "--sft",
                                  str(args.sft), "--data", str(testbed), "--institutions", "A,B", "-o", str(rl_dir),
-                                 "--seed", str(seed), "--threads", str(args.threads), *rl_extra],
+                                 "--seed", str(seed + args.rl_seed_offset), "--threads", str(args.threads), *rl_extra],
                                 base / "rl.log", args.threads)
         samples = [s for s in load_dataset(testbed) if s.frontal is not None]
         held = set(json.loads((rl_dir / "holdout.json").read_text(encoding="utf-8"))["patients"])

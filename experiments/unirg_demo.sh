@@ -2,7 +2,7 @@
 # The UniRG demonstration in one command: per fresh testbed seed, `unirg-trainer rl` from the default model on
 # A+B, then SFT vs SFT+RL on unseen institution C and on A/B patients held out of RL, with paired bootstrap
 # CIs. Results: var/experiments/unirg-demo/results.md.
-#   experiments/unirg_demo.sh            # three seeds (~90 min on 2 CPU cores)
+#   experiments/unirg_demo.sh            # three seeds (30-55 min on 2 CPU cores, by machine)
 #   experiments/unirg_demo.sh --quick    # smoke run (a few minutes)
 # Extra arguments go to experiments/unirg_demo.py (--help lists them).
 set -euo pipefail
