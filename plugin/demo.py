@@ -39,6 +39,7 @@ from unirg.plugin.home import BUILD_MODEL_SCRIPT_NAME, unirg_home
 from unirg.plugin.orthanc.adapter import OrthancStack
 from unirg.plugin.orthanc.recorder import mark_retrieved_prior
 from unirg.plugin.orthanc.server import OrthancStartError
+from unirg.plugin.signals import STOP_SIGNALS, stop_on_signals, wait_for_stop
 from unirg.sr_writer import RESEARCH_LABEL
 
 __all__ = ["demo", "run_demo", "pick_patient", "DemoError"]
@@ -233,13 +234,9 @@ def run_demo(*, data_dir: Path, model: str | None, http_port: int, dicom_port: i
         raise DemoError(str(exc)) from exc
     viewer = None
     stop = threading.Event()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     if threading.current_thread() is threading.main_thread():
-        def _stop(signum: int, _frame: Any) -> None:
-            stop.set()
-            stack.stop_event.set()
-        for s in previous:
-            signal.signal(s, _stop)
+        stop_on_signals(stop, on_signal=lambda _signum: stack.stop_event.set())
     try:
         try:
             viewer = ViewerServer(("127.0.0.1", viewer_port),
@@ -277,9 +274,9 @@ def run_demo(*, data_dir: Path, model: str | None, http_port: int, dicom_port: i
                "seconds": time.monotonic() - t0}
         if not exit_after_draft:
             echo(f"{RESEARCH_LABEL}. Ctrl-C stops everything.")
-            while not stop.wait(1.0):
-                if stack.server is not None and not stack.server.is_running():
-                    raise DemoError("Orthanc stopped unexpectedly")
+            wait_for_stop(stop, alive=lambda: stack.server is None or stack.server.is_running())
+            if not stop.is_set():
+                raise DemoError("Orthanc stopped unexpectedly")
         return out
     finally:
         if viewer is not None:

@@ -148,7 +148,6 @@ def serve_status(services: Services, host: str, port: int) -> None:
     """``unirg status --serve``: the status page and /metrics until SIGINT/SIGTERM."""
     from unirg.plugin.monitor.server import MonitorServer
     from unirg.plugin.monitor.snapshot import read_snapshot
-
     from unirg.plugin.signals import stop_on_signals, wait_for_stop
 
     server = MonitorServer(lambda: read_snapshot(services.queue.engine), host, port).start()
