@@ -143,6 +143,14 @@ class RLConfig(GRPOConfig):
         metadata={"help": "GRPO's baseline: 'group' (the mean reward of the prompt's rollouts, as in the paper) or "
                           "'greedy' (the reward of the policy's greedy draft: self-critical, unirg.trainer.rl_scst)."},
     )
+    finding_credit: float = field(
+        default=0.0,
+        metadata={"help": "Per-token credit on the sentences that state or deny a finding, added to the sequence "
+                          "advantage (greedy baseline only; unirg.trainer.rl_credit). 0: off."},
+    )
+    finding_credit_error_weight: float = field(
+        default=1.0, metadata={"help": "Weight of a wrong finding against a found one in the finding credit."}
+    )
 
     # data
     train_institutions: list[str] | None = field(
@@ -287,6 +295,12 @@ class RLConfig(GRPOConfig):
         if self.advantage_baseline == "greedy" and (_world_size() > 1 or self.use_vllm):
             fail("advantage_baseline='greedy' runs on one process with transformers generation (each process "
                  "would hold only part of a group); use the group baseline with several processes or vLLM")
+        if self.finding_credit < 0 or self.finding_credit_error_weight < 0:
+            fail(f"finding_credit ({self.finding_credit}) and finding_credit_error_weight "
+                 f"({self.finding_credit_error_weight}) must be >= 0")
+        if self.finding_credit and self.advantage_baseline != "greedy":
+            fail("finding_credit adds per-token credit to the self-critical advantages: set "
+                 "advantage_baseline='greedy' (or finding_credit=0)")
         if self.beta < 0:
             fail(f"beta (KL coefficient) must be >= 0, got {self.beta}")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
@@ -373,7 +387,7 @@ class RLConfig(GRPOConfig):
     def summary(self) -> dict[str, Any]:
         """The UniRG-specific settings plus the main GRPO ones, for logs and ``rl_run.json``."""
         keys = [
-            "preset", "algorithm", "advantage_baseline", "sft", "data", "output_dir", "train_institutions",
+            "preset", "algorithm", "advantage_baseline", "finding_credit", "finding_credit_error_weight", "sft", "data", "output_dir", "train_institutions",
             "max_train_samples", "holdout_fraction",
             "longitudinal", "image_size", "reward_components", "reward_scaling", "reward_standardize", "use_lora",
             "lora_r", "lora_alpha", "lora_dropout", "merge_lora_for_generation", "num_generations",

@@ -27,6 +27,9 @@ import torch
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational, prepare_multimodal_messages
 
+from unirg.model.labeler import label_report
+from unirg.trainer.rewards.clinical import positive_set
+from unirg.trainer.rl_credit import sentence_credits, token_char_ends, token_credits
 from unirg.trainer.rl_generation import (
     GreedyRows,
     MergedLoRAGeneration,
@@ -73,6 +76,25 @@ class SelfCriticalGRPOTrainer(MergedLoRAGeneration, GRPOTrainer):
         total = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
         total[torch.isnan(per_func).all(dim=1)] = torch.nan
         return total
+
+    def _finding_credits(self, inputs: list[dict], completion_ids: list[list[int]], width: int) -> torch.Tensor:
+        """(B, width) sentence credits of each rollout's tokens (:mod:`unirg.trainer.rl_credit`)."""
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+
+        def decode(ids):
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
+        weight = getattr(self.args, "finding_credit_error_weight", 1.0)
+        out = torch.zeros(len(completion_ids), width)
+        for row, (x, ids) in enumerate(zip(inputs, completion_ids, strict=True)):
+            reference = x.get("reference")
+            if not reference or not ids:
+                continue
+            sentences = sentence_credits(decode(ids), positive_set(label_report(reference)), error_weight=weight)
+            if sentences:
+                values = token_credits(token_char_ends(ids, decode), sentences)
+                out[row, : len(values)] = torch.tensor(values)
+        return out
 
     @staticmethod
     def _head_messages(heads: list[dict]) -> list:
@@ -133,8 +155,15 @@ class SelfCriticalGRPOTrainer(MergedLoRAGeneration, GRPOTrainer):
             head_prompts, greedy_ids = self._greedy_completion_ids(heads)
         greedy = self._total_rewards(heads, head_prompts, greedy_ids)
         advantages = self_critical_advantages(rewards, torch.nan_to_num(greedy, nan=0.0), group)
-        output["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
         metrics = self._metrics["train"]
+        scale = getattr(self.args, "finding_credit", 0.0)
+        if scale:
+            credits = self._finding_credits(inputs, sampled, output["completion_ids"].shape[1])
+            active = credits[mask] != 0
+            metrics["credit/token_share"].append(float(active.float().mean()) if active.numel() else 0.0)
+            metrics["credit/mean"].append(float(credits[mask][active].mean()) if active.any() else 0.0)
+            advantages = advantages.unsqueeze(1) + scale * credits * mask
+        output["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
         metrics["scst/greedy_reward"].append(float(torch.nanmean(greedy)))
         beats = rewards > greedy.repeat_interleave(group)
         metrics["scst/beats_greedy"].append(float(beats.float().mean()))
