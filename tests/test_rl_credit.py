@@ -1,6 +1,9 @@
 """Finding credit (``finding_credit``): the labeler's verdict on each sentence of a rollout reaches that sentence's
 tokens as extra advantage. Pure functions, then the trainer's tokens with a real tokenizer, then one RL step."""
 
+import doctest
+import importlib.util
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +11,7 @@ import torch
 
 from unirg.trainer.rl import train_rl
 from unirg.trainer.rl_config import RLConfigError, load_rl_config
+from unirg.trainer import rl_credit
 from unirg.trainer.rl_credit import sentence_credits, token_char_ends, token_credits
 from unirg.trainer.rl_scst import SelfCriticalGRPOTrainer
 
@@ -97,3 +101,24 @@ def test_training_with_finding_credit_logs_it(testbed, tmp_path):
         assert 0.0 <= entry["credit/token_share"] <= 1.0
         assert "credit/mean" in entry
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_module_doctests():
+    assert doctest.testmod(rl_credit).failed == 0
+
+
+def test_sampling_ceiling_votes_and_scores_label_sets():
+    """experiments/sampling_ceiling.py: a vote over samples, and micro F1 over label sets."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sampling_ceiling.py"
+    spec = importlib.util.spec_from_file_location("sampling_ceiling", path)
+    ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ceiling)
+    assert doctest.testmod(ceiling).failed == 0
+    drawn = [frozenset({"Edema"}), frozenset({"Edema", "Atelectasis"}), frozenset({"Atelectasis"})]
+    assert ceiling.vote(drawn, 1) == {"Edema", "Atelectasis"}
+    assert ceiling.vote(drawn, 3) == frozenset()
+    reference = [frozenset({"Edema"}), frozenset()]
+    assert ceiling.micro_f1([frozenset({"Edema"}), frozenset()], reference) == 1.0
+    assert ceiling.micro_f1([frozenset({"Edema", "Atelectasis"}), frozenset({"Fracture"})], reference) == \
+        pytest.approx(2 / (2 + 2))
+    assert ceiling.micro_f1([frozenset(), frozenset()], [frozenset(), frozenset()]) == 1.0
