@@ -16,7 +16,8 @@ path. With ``generate`` on the trainer's device (no vLLM), the greedy drafts are
 ``generate`` call, made greedy by :class:`~unirg.trainer.rl_generation.GreedyRows`: one decoding loop per step
 instead of two. Elsewhere they take a second, greedy ``generate`` call. Logged per step: ``scst/greedy_reward``
 (mean reward of the greedy drafts) and ``scst/beats_greedy`` (share of rollouts scoring above their greedy
-draft).
+draft). With ``finding_credit`` > 0 the advantages become per token: the sentences that state or deny a finding
+add the labeler's verdict on them (:mod:`unirg.trainer.rl_credit`).
 """
 
 from __future__ import annotations
