@@ -26,9 +26,8 @@ import torch
 
 from unirg.model import GenerationConfig, load_model
 from unirg.model.chexpert import OBSERVATIONS
-from unirg.model.labeler import label_report
 from unirg.trainer.data import load_dataset
-from unirg.trainer.rewards.clinical import positive_set
+from unirg.trainer.rewards.clinical import text_positives
 from unirg.trainer.rl import study_input
 
 
@@ -49,7 +48,7 @@ def vote(samples: Sequence[frozenset], at_least: int) -> frozenset:
 
 
 def _positives(findings: str | None, impression: str | None) -> frozenset:
-    return positive_set(label_report(f"{findings or ''} {impression or ''}"))
+    return text_positives(f"{findings or ''} {impression or ''}")
 
 
 def _studies(data: Path, which: str, count: int, seed: int) -> list:

@@ -387,8 +387,8 @@ class RLConfig(GRPOConfig):
     def summary(self) -> dict[str, Any]:
         """The UniRG-specific settings plus the main GRPO ones, for logs and ``rl_run.json``."""
         keys = [
-            "preset", "algorithm", "advantage_baseline", "finding_credit", "finding_credit_error_weight", "sft", "data", "output_dir", "train_institutions",
-            "max_train_samples", "holdout_fraction",
+            "preset", "algorithm", "advantage_baseline", "finding_credit", "finding_credit_error_weight", "sft",
+            "data", "output_dir", "train_institutions", "max_train_samples", "holdout_fraction",
             "longitudinal", "image_size", "reward_components", "reward_scaling", "reward_standardize", "use_lora",
             "lora_r", "lora_alpha", "lora_dropout", "merge_lora_for_generation", "num_generations",
             "per_device_train_batch_size",

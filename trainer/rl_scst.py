@@ -28,8 +28,7 @@ import torch
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational, prepare_multimodal_messages
 
-from unirg.model.labeler import label_report
-from unirg.trainer.rewards.clinical import positive_set
+from unirg.trainer.rewards.clinical import text_positives
 from unirg.trainer.rl_credit import sentence_credits, token_char_ends, token_credits
 from unirg.trainer.rl_generation import (
     GreedyRows,
@@ -91,7 +90,7 @@ class SelfCriticalGRPOTrainer(MergedLoRAGeneration, GRPOTrainer):
             reference = x.get("reference")
             if not reference or not ids:
                 continue
-            sentences = sentence_credits(decode(ids), positive_set(label_report(reference)), error_weight=weight)
+            sentences = sentence_credits(decode(ids), text_positives(reference), error_weight=weight)
             if sentences:
                 values = token_credits(token_char_ends(ids, decode), sentences)
                 out[row, : len(values)] = torch.tensor(values)
@@ -159,11 +158,12 @@ class SelfCriticalGRPOTrainer(MergedLoRAGeneration, GRPOTrainer):
         metrics = self._metrics["train"]
         scale = getattr(self.args, "finding_credit", 0.0)
         if scale:
-            credits = self._finding_credits(inputs, sampled, output["completion_ids"].shape[1])
-            active = credits[mask] != 0
+            credits = self._finding_credits(inputs, sampled, output["completion_ids"].shape[1])  # 0 on padding
+            completion_credits = credits[mask]
+            active = completion_credits != 0
             metrics["credit/token_share"].append(float(active.float().mean()) if active.numel() else 0.0)
-            metrics["credit/mean"].append(float(credits[mask][active].mean()) if active.any() else 0.0)
-            advantages = advantages.unsqueeze(1) + scale * credits * mask
+            metrics["credit/mean"].append(float(completion_credits[active].mean()) if active.any() else 0.0)
+            advantages = advantages.unsqueeze(1) + scale * credits
         output["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
         metrics["scst/greedy_reward"].append(float(torch.nanmean(greedy)))
         beats = rewards > greedy.repeat_interleave(group)

@@ -91,10 +91,19 @@ def positive_set(labels: Sequence[int | None] | dict, *, uncertain: str = "posit
     return frozenset(out)
 
 
+def text_positives(text: str, *, uncertain: str = "positive", observations: Sequence[str] = OBSERVATIONS) -> frozenset:
+    """The observations the labeler reads as positive in ``text`` (labels cached per text).
+
+    >>> sorted(text_positives("Possible left effusion. No pneumothorax."))
+    ['Pleural Effusion']
+    """
+    return positive_set(_labels(text), uncertain=uncertain, observations=observations)
+
+
 def _positive_sets(candidate: str, reference: str, uncertain: str,
                    observations: Sequence[str]) -> tuple[frozenset, frozenset]:
-    return (positive_set(_labels(candidate), uncertain=uncertain, observations=observations),
-            positive_set(_labels(reference), uncertain=uncertain, observations=observations))
+    return (text_positives(candidate, uncertain=uncertain, observations=observations),
+            text_positives(reference, uncertain=uncertain, observations=observations))
 
 
 def chexpert_f1(candidate: str, reference: str, *, uncertain: str = "positive",
