@@ -272,3 +272,40 @@ def test_vision_pretraining_config_errors(tmp_path, testbed):
     with pytest.raises(ValueError, match="vision_pretrain_epochs must be >= 0"):
         load_config(None, data=str(testbed.root), out=str(tmp_path / "o"), init="tiny-qwen3-vl",
                     vision_pretrain_epochs=-1)
+
+
+
+def test_patch_and_merge_size_read_a_larger_image_into_as_many_tokens(testbed, tmp_path):
+    """--patch-size 32 at twice the image side (or 16-px patches merged 4 x 4) gives the language model the
+    same number of image tokens, each read from four times the pixels; each checkpoint loads and drafts."""
+    from PIL import Image
+
+    from unirg.trainer.sft import build_init
+    from unirg.trainer.tiny_models import build_tiny_qwen3_vl
+
+    corpus = sorted({e.target for e in testbed_examples(testbed.root)})
+    image = Image.new("RGB", (256, 256), 90)
+    tokens = {}
+    for side, patch, merge in ((64, 16, 2), (128, 32, 2), (128, 16, 4)):
+        name = f"{side}-{patch}-{merge}"
+        if merge == 2:
+            config = load_config(None, data=str(testbed.root), out=str(tmp_path / "unused"),
+                                 **{**TINY, "tiny_image_size": side, "tiny_patch_size": patch})
+            base = build_init(config, tmp_path / name, corpus)
+        else:
+            base = build_tiny_qwen3_vl(tmp_path / name, corpus=corpus, hidden_size=64, num_layers=2,
+                                       vision_hidden_size=32, image_size=side, patch_size=patch, merge_size=merge)
+        vision = json.loads((base / "config.json").read_text())["vision_config"]
+        assert (vision["patch_size"], vision["spatial_merge_size"]) == (patch, merge)
+        model = load_model(base)
+        processed = adapter_for(base).load_processor(base).image_processor(images=[image], return_tensors="pt")
+        assert processed["pixel_values"].shape[-1] == 3 * 2 * patch * patch
+        with torch.no_grad():
+            out = model.model.model.visual(processed["pixel_values"], grid_thw=processed["image_grid_thw"])
+        tokens[name] = (out.pooler_output if hasattr(out, "pooler_output") else out[0]).shape[0]
+        [draft] = model.draft([StudyInput(frontal=image)], GenerationConfig(max_new_tokens=4))
+        assert draft.raw_text is not None
+    assert set(tokens.values()) == {4}, tokens
+    with pytest.raises(ValueError, match="multiple of twice the patch size"):
+        load_config(None, data=str(testbed.root), out=str(tmp_path / "o"),
+                    **{**TINY, "tiny_image_size": 96, "tiny_patch_size": 32})

@@ -116,6 +116,7 @@ def build_init(config: SFTRunConfig, out_dir: Path, corpus: Sequence[str]) -> Pa
         vision_hidden_size=config.tiny_vision_hidden_size,
         vision_layers=config.tiny_vision_layers,
         image_size=config.tiny_image_size,
+        patch_size=config.tiny_patch_size if model_type == "qwen3_vl" else None,
         seed=config.seed,
         overwrite=True,
         model_type=model_type,

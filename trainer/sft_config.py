@@ -127,6 +127,7 @@ class SFTRunConfig:
     base: str | None = None
     init: str | None = None
     tiny_image_size: int = 128
+    tiny_patch_size: int = 16
     tiny_hidden_size: int = 128
     tiny_layers: int = 4
     tiny_vision_hidden_size: int = 64
@@ -233,6 +234,11 @@ class SFTRunConfig:
             problems.append(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.tiny_image_size % 32 or not 64 <= self.tiny_image_size <= 1024:
             problems.append(f"tiny_image_size must be a multiple of 32 in 64..1024, got {self.tiny_image_size}")
+        if self.tiny_patch_size not in (8, 16, 32):
+            problems.append(f"tiny_patch_size must be 8, 16 or 32, got {self.tiny_patch_size}")
+        elif self.tiny_image_size % (2 * self.tiny_patch_size):
+            problems.append(f"tiny_image_size must be a multiple of twice the patch size ({2 * self.tiny_patch_size}),"
+                            f" got {self.tiny_image_size}")
         if self.tiny_hidden_size % 32 or self.tiny_hidden_size < 64:
             problems.append(f"tiny_hidden_size must be a multiple of 32, at least 64, got {self.tiny_hidden_size}")
         if self.tiny_vision_hidden_size % 32 or self.tiny_vision_hidden_size < 32:

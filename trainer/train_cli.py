@@ -49,6 +49,8 @@ def _institutions(_ctx, _param, value: str | None):
 @click.option("--prior-report-style", type=click.Choice(["text", "findings"]),
               help="Prior report in the prompt as written, or as the labeler's findings (default: the base's).")
 @click.option("--image-size", "tiny_image_size", type=int, help="--init model: image side in pixels (default 128).")
+@click.option("--patch-size", "tiny_patch_size", type=int,
+              help="--init tiny-qwen3-vl: vision patch side (default 16; 32 reads 256 px into 16 tokens).")
 @click.option("--hidden-size", "tiny_hidden_size", type=int, help="--init model: text width (default 128).")
 @click.option("--layers", "tiny_layers", type=int, help="--init model: text layers (default 4).")
 @click.option("--vision-hidden-size", "tiny_vision_hidden_size", type=int, help="--init model: vision width.")

@@ -33,6 +33,8 @@ def build_tiny_qwen3_vl(
     vision_hidden_size: int = 64,
     vision_layers: int = 2,
     image_size: int = 128,
+    patch_size: int | None = None,
+    merge_size: int = 2,
     seed: int = 0,
     overwrite: bool = False,
     model_type: str = "qwen3_vl",
@@ -54,11 +56,18 @@ def build_tiny_qwen3_vl(
     image_size : int
         The processor resizes images to about ``image_size`` squared pixels
         (``image_size / 32`` squared image tokens for Qwen3-VL's 16-px patches merged 2x2).
+    patch_size : int, optional
+        Vision patch side (default the family's: 16 for Qwen3-VL, 14 for Qwen2.5-VL). A larger patch
+        reads a larger image into the same number of tokens (256 px with 32-px patches: 16 tokens).
+    merge_size : int
+        Patches merged into one image token per side (Qwen's 2); 4 reads 256 px in 16-px patches into 16 tokens.
     """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     if model_type not in ("qwen3_vl", "qwen2_5_vl"):
         raise ValueError(f"model_type must be 'qwen3_vl' or 'qwen2_5_vl', got {model_type!r}")
+    if model_type == "qwen2_5_vl" and merge_size != 2:
+        raise ValueError("the tiny Qwen2.5-VL merges 2 x 2 patches; merge_size applies to qwen3_vl only")
     out = _prepare(out_dir, overwrite)
     torch.manual_seed(seed)
     tokenizer = _qwen_tokenizer(corpus, vocab_size)
@@ -95,7 +104,7 @@ def build_tiny_qwen3_vl(
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
         text_config["rope_parameters"]["mrope_interleaved"] = True
-        patch = 16
+        patch = patch_size or 16
         config = Qwen3VLConfig(
             text_config=text_config,
             vision_config=dict(
@@ -104,7 +113,7 @@ def build_tiny_qwen3_vl(
                 intermediate_size=vision_hidden_size * 2,
                 num_heads=vision_heads,
                 patch_size=patch,
-                spatial_merge_size=2,
+                spatial_merge_size=merge_size,
                 temporal_patch_size=2,
                 out_hidden_size=hidden_size,
                 num_position_embeddings=256,
@@ -114,11 +123,11 @@ def build_tiny_qwen3_vl(
             **tokens,
         )
         model = Qwen3VLForConditionalGeneration(config)
-        video_processor = Qwen3VLVideoProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2)
+        video_processor = Qwen3VLVideoProcessor(patch_size=patch, merge_size=merge_size, temporal_patch_size=2)
     else:
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-        patch = 14
+        patch = patch_size or 14
         config = Qwen2_5_VLConfig(
             text_config=text_config,
             vision_config=dict(
@@ -138,11 +147,11 @@ def build_tiny_qwen3_vl(
         )
         model = Qwen2_5_VLForConditionalGeneration(config)
         video_processor = None
-    factor = patch * 2
+    factor = patch * merge_size
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch,
         temporal_patch_size=2,
-        merge_size=2,
+        merge_size=merge_size,
         size={"shortest_edge": factor * factor, "longest_edge": image_size * image_size},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
