@@ -13,7 +13,7 @@
 #   scripts/build-demo-model.sh --rebuild         # train it here (~25 min on 2 CPU cores), into var/models
 #   scripts/build-demo-model.sh --rebuild --ship  # ... and replace the shipped copy with the result
 #
-# Rebuild steps: generate the testbed (1600 patients, seed 0, var/testbed-demo), pre-train the vision tower,
+# Rebuild steps: generate the testbed (4800 patients, seed 0, var/testbed-demo), pre-train the vision tower,
 # SFT, evaluate (CheXpert-14 F1 on held-out A/B patients and on institution C, vs the most-common-report
 # baseline, written into unirg-model.json), then rename the folder into place, so a half-built model is
 # never the default.
@@ -24,7 +24,7 @@ PY="$ROOT/.venv/bin/python"
 MODEL="var/models/unirg-demo"
 SHIPPED="model/demo/unirg-demo"
 TESTBED="var/testbed-demo"
-PATIENTS="${UNIRG_DEMO_PATIENTS:-1600}"
+PATIENTS="${UNIRG_DEMO_PATIENTS:-4800}"
 THREADS="${UNIRG_DEMO_THREADS:-2}"
 REBUILD=0 SHIP=0
 for arg in "$@"; do
