@@ -44,7 +44,8 @@ def main(data, image_size, patch_size, merge_size, epochs, eval_fraction, thread
     from unirg.model.families import adapter_for
     from unirg.trainer.sft_data import StudyInputCache, patient_split, testbed_examples
     from unirg.trainer.tiny_models import build_tiny_qwen3_vl
-    from unirg.trainer.vision_pretrain import TARGETS, VisionPretrainConfig, _encode, pretrain_on_examples, process_images
+    from unirg.trainer.vision_pretrain import (TARGETS, VisionPretrainConfig, head_probabilities, pretrain_on_examples,
+                                               process_images)
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -60,10 +61,7 @@ def main(data, image_size, patch_size, merge_size, epochs, eval_fraction, thread
     started = time.monotonic()
     result = pretrain_on_examples(model, processor, cache, train, (), VisionPretrainConfig(epochs=epochs, seed=0))
     pixels, grid = process_images(processor, [cache.image(e.frontal) for e in unseen])
-    visual, head = model.model.visual.eval(), result.head.eval()
-    with torch.no_grad():
-        probs = torch.cat([torch.sigmoid(head(_encode(visual, pixels[i:i + 64], grid)))
-                           for i in range(0, len(pixels), 64)]).numpy()
+    probs = head_probabilities(model.model.visual, result.head, pixels, grid)
     rows = {}
     for j, name in enumerate(TARGETS):
         gold = np.array([e.labels.get(name) in (POSITIVE, UNCERTAIN) for e in unseen])

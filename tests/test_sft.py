@@ -274,7 +274,6 @@ def test_vision_pretraining_config_errors(tmp_path, testbed):
                     vision_pretrain_epochs=-1)
 
 
-
 def test_patch_and_merge_size_read_a_larger_image_into_as_many_tokens(testbed, tmp_path):
     """--patch-size 32 at twice the image side (or 16-px patches merged 4 x 4) gives the language model the
     same number of image tokens, each read from four times the pixels; each checkpoint loads and drafts."""

@@ -120,15 +120,20 @@ def _f1(pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
+def head_probabilities(visual: nn.Module, head: nn.Module, pixels: torch.Tensor, grid: torch.Tensor,
+                       batch_size: int = 64) -> np.ndarray:
+    """The head's probability of each of :data:`TARGETS` per image, ``(images, targets)``."""
+    visual.eval()
+    head.eval()
+    probs = [torch.sigmoid(head(_encode(visual, pixels[start:start + batch_size], grid)))
+             for start in range(0, len(pixels), batch_size)]
+    return torch.cat(probs).numpy()
+
+
 def probe_f1(visual: nn.Module, head: nn.Module, pixels: torch.Tensor, grid: torch.Tensor,
              targets: torch.Tensor, batch_size: int = 64) -> dict[str, float]:
     """Micro/macro F1 of the head's positives (p > 0.5) against positive labels."""
-    visual.eval()
-    head.eval()
-    probs = []
-    for start in range(0, len(pixels), batch_size):
-        probs.append(torch.sigmoid(head(_encode(visual, pixels[start:start + batch_size], grid))))
-    pred = torch.cat(probs).numpy() > 0.5
+    pred = head_probabilities(visual, head, pixels, grid, batch_size) > 0.5
     return _f1(pred, targets.numpy() >= 1.0)
 
 
