@@ -119,6 +119,16 @@ def test_lora_trains_every_adapter_weight_and_loads(testbed, tmp_path):
     assert draft.model_info.weights_sha256 == result.manifest["weights_sha256"]
 
 
+def test_freeze_vision_with_lora_trains_no_adapter_inside_the_tower(testbed, tmp_path):
+    """``sft --base M --lora --freeze-vision`` (a LoRA fine-tune of a built model, the tower kept): the PEFT-wrapped
+    model's tower is found and its adapters stay fixed; the language model's adapters train."""
+    _result, snapshot = _train(testbed, tmp_path / "lora-frozen", max_steps=4, lora=True, lora_r=4, lr=1e-2,
+                               freeze_vision=True)
+    assert snapshot.before and not any(".visual." in name for name in snapshot.before), sorted(snapshot.before)[:5]
+    assert any("language_model" in name and "lora_" in name for name in snapshot.before)
+    _assert_all_changed(snapshot)
+
+
 def test_resume_continues_from_the_newest_checkpoint(testbed, tmp_path):
     out = tmp_path / "resume"
     first, _ = _train(testbed, out, max_steps=3, save_steps=3, lora=False)

@@ -215,7 +215,10 @@ def pretrain_on_examples(model: Any, processor: Any, cache: Any, train: Sequence
 
 def freeze_vision_tower(model: Any) -> int:
     """Fix the whole vision tower, mergers included (what pre-training taught it reaches the language model
-    unchanged while the language model learns to read it); returns the number of parameters frozen."""
+    unchanged while the language model learns to read it); returns the number of parameters frozen. A PEFT model
+    (``sft --base --lora``) is unwrapped first, and LoRA adapters inside the tower are frozen with it."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     frozen = 0
     for param in model.model.visual.parameters():
         param.requires_grad_(False)
